@@ -1,0 +1,128 @@
+"""LearnerWorker: the LoRA policy, its optimizer, and the clipped GRPO-family update."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.policy_model import load_policy, load_tokenizer, pad_sequences, pick_device, set_threads, token_logprobs, unpad
+from pipeline import core_algos
+from pipeline.records import TrainBatch
+
+
+class Learner:
+    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any], algorithm: dict[str, Any],
+                 trainer: dict[str, Any], temperature: float, max_new_tokens: int, seed: int):
+        set_threads(trainer["cpus_per_learner"])
+        torch.manual_seed(seed)
+        self.device = pick_device(trainer["gpus_per_learner"])
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_policy(model_path, dtype, lora, self.device)
+        self.algo, self.trainer = algorithm, trainer
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=trainer["lr"], weight_decay=trainer["weight_decay"])
+        warmup = trainer["warmup_steps"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        self.shuffle = torch.Generator().manual_seed(seed)
+
+    # --- the update ------------------------------------------------------------------------
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """mu epochs of clipped-surrogate updates over mini-batches of `batch`; returns metrics."""
+        ids, attention, mask = pad_sequences(batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id, self.device)
+        advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
+        old = self._logprobs_no_grad(ids, attention)  # pi_old recomputed here: the ratio is exactly 1 at first
+        ref = self._logprobs_no_grad(ids, attention, adapter=False) if self.algo["kl_coef"] > 0 else None
+        metrics: dict[str, list[float]] = {}
+        for _ in range(self.algo["ppo_epochs"]):
+            order = torch.randperm(len(ids), generator=self.shuffle)
+            for mb in order.split(self.trainer["minibatch_size"]):
+                step_metrics = self._optimizer_step(ids[mb], attention[mb], mask[mb], advantages[mb], old[mb],
+                                                    None if ref is None else ref[mb])
+                for k, v in step_metrics.items():
+                    metrics.setdefault(k, []).append(v)
+        summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+        summary.update(self._behaviour_gap(old, mask, batch.behaviour_logprobs))
+        return summary
+
+    def _optimizer_step(self, ids, attention, mask, advantages, old, ref) -> dict[str, float]:
+        totals = dict(total_tokens=mask.sum().item(), total_seqs=float(len(ids)), max_len=float(self.max_new_tokens))
+        aggregate = core_algos.LOSS_AGGREGATIONS[self.algo["loss_agg_mode"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)
+        tokens = totals["total_tokens"]
+        for micro in torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"]):
+            logp, entropy = token_logprobs(self.model, ids[micro], attention[micro], self.temperature, with_entropy=True)
+            m = mask[micro]
+            pg, info = core_algos.clipped_policy_loss(
+                logp, old[micro], advantages[micro], self.algo["clip_eps_low"], self.algo["clip_eps_high"], self.algo["dual_clip_c"])
+            per_token = pg
+            if ref is not None:
+                kl = core_algos.kl_penalty(logp, ref[micro], self.algo["kl_type"])
+                per_token = pg + self.algo["kl_coef"] * kl
+                sums["kl"] += (kl.detach() * m).sum().item() / tokens
+            loss = aggregate(per_token, m, **totals)
+            loss.backward()
+            sums["loss"] += loss.item()
+            sums["pg_loss"] += (pg.detach() * m).sum().item() / tokens
+            sums["clipfrac"] += (info["clipped"] * m).sum().item() / tokens
+            sums["entropy"] += (entropy * m).sum().item() / tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.trainer["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**sums, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, ids, attention, adapter: bool = True) -> torch.Tensor:
+        """Per-token log-probs in micro-batches; adapter=False gives the reference (base) policy."""
+        chunks = []
+        for micro in torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"]):
+            if adapter:
+                chunks.append(token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0])
+            else:
+                with self.model.disable_adapter():
+                    chunks.append(token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0])
+        return torch.cat(chunks)
+
+    def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]]) -> dict[str, float]:
+        """How far the rollout engine's log-probs are from the learner's (a stale or mismatched policy shows here)."""
+        if not behaviour:
+            return {}
+        gaps = [abs(a - b) for learner_row, rollout_row in zip(unpad(old, mask), behaviour) for a, b in zip(learner_row, rollout_row)]
+        return {"logprob_gap_mean": float(np.mean(gaps)), "logprob_gap_max": float(np.max(gaps))}
+
+    # --- weights, probes and checkpoints --------------------------------------------------------
+
+    def adapter_state(self) -> dict[str, np.ndarray]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().numpy() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    @torch.no_grad()
+    def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
+        return unpad(token_logprobs(self.model, ids, attention, self.temperature)[0], mask)
+
+    def save(self, directory: str) -> None:
+        """Adapter in peft format plus optimizer, scheduler and RNG state, for exact resume."""
+        path = Path(directory)
+        self.model.save_pretrained(path / "adapter")
+        torch.save({
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+        }, path / "learner_state.pt")
+
+    def save_adapter(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)

@@ -1,0 +1,284 @@
+"""One typed, validated run config: YAML file + dotted command-line overrides.
+
+Every section forbids unknown keys, so a typo stops the run before Ray starts, with a message
+that names the key, the value given and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Recipe of the built-in tiny model (built on the fly, cached by a hash of this recipe)."""
+
+    hidden_size: int = Field(96, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    sft_steps: int = Field(500, ge=0, description="supervised warm-up steps before RL")
+    sft_batch_size: int = Field(64, gt=0)
+    sft_lr: float = Field(3e-3, gt=0)
+    cache_dir: str = Field("~/.cache/rlpost", description="where built tiny models are cached")
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="local Hugging Face causal-LM directory; empty = build the tiny model")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class DataConfig(Section):
+    sources: list[str] = Field(
+        default_factory=lambda: ["add_1d", "add_2d", "reverse_4", "sort_4"],
+        description="built-in synthetic task families (used when `files` is empty)",
+    )
+    files: list[str] = Field(default_factory=list, description="JSONL / Parquet files or HF dataset directories")
+    test_files: list[str] = Field(default_factory=list, description="held-out files; empty = split `files`")
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    source_key: str = "source"
+    train_per_source: int = Field(400, gt=0, description="synthetic train examples per source")
+    test_per_source: int = Field(40, gt=0, description="synthetic (or split-off) test examples per source")
+    chat_template: Literal["auto", "never"] = Field("auto", description="apply the tokenizer's chat template when it has one")
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf"] = Field("hf", description="rollout engine")
+    n: int = Field(8, ge=1, description="completions per prompt (group size G)")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: int = Field(8, gt=0)
+    stop: list[str] = Field(default_factory=list, description="stop strings (EOS always stops)")
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class RewardComponent(Section):
+    name: str = Field(description="registered reward name or an import path 'pkg.module:function'")
+    weight: float = 1.0
+
+
+class RewardConfig(Section):
+    components: list[RewardComponent] = Field(default_factory=lambda: [RewardComponent(name="exact_match")])
+    timeout_s: float = Field(5.0, gt=0, description="per reward-function call")
+    failure_score: float = Field(0.0, description="score of a sample whose reward function raised or timed out")
+    correct_threshold: float = Field(1.0, description="a sample counts as correct when its total reward >= this")
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(0.25, gt=0)
+
+
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": dict(adv_estimator="grpo", adv_eps=1e-6, loss_agg_mode="token-mean", clip_eps_low=0.2, clip_eps_high=0.2),
+    "dr_grpo": dict(adv_estimator="dr_grpo", loss_agg_mode="seq-mean-token-sum-norm", clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.0),
+    "dapo": dict(adv_estimator="grpo", adv_eps=1e-6, loss_agg_mode="token-mean", clip_eps_low=0.2, clip_eps_high=0.28, kl_coef=0.0),
+}
+
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum-norm"]
+KLType = Literal["k1", "k2", "k3", "abs", "k1+", "k2+", "k3+", "abs+"]
+
+
+class AlgorithmConfig(Section):
+    """`name` is a preset (spec §1): it fills the defaults below; any key given explicitly wins."""
+
+    name: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    adv_estimator: Literal["grpo", "dr_grpo"] = "grpo"
+    adv_eps: float = Field(1e-6, ge=0)
+    std_ddof: int = Field(1, ge=0, le=1)
+    clip_eps_low: float = Field(0.2, ge=0)
+    clip_eps_high: float = Field(0.2, ge=0)
+    dual_clip_c: float | None = Field(None, gt=1, description="dual-clip constant for negative advantages; empty = off")
+    kl_coef: float = Field(0.0, ge=0, description="KL-to-reference coefficient in the loss")
+    kl_type: KLType = "k3"
+    loss_agg_mode: LossAggMode = "token-mean"
+    ppo_epochs: int = Field(1, ge=1, description="passes over each batch (mu)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = ALGORITHM_PRESETS.get(data.get("name", "grpo"), {})
+            data = {**preset, **data}
+        return data
+
+
+class LoraSection(Section):
+    rank: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+class TrainerConfig(Section):
+    steps: int = Field(60, ge=0)
+    prompts_per_step: int = Field(16, gt=0, description="prompts per step (B); samples = B * rollout.n")
+    minibatch_size: int = Field(64, gt=0, description="samples per optimizer step")
+    micro_batch_size: int = Field(64, gt=0, description="samples per forward/backward (gradient accumulation)")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, in optimizer steps")
+    grad_clip: float = Field(1.0, gt=0)
+    cpus_per_learner: float = Field(1.0, gt=0)
+    gpus_per_learner: float = Field(0.0, ge=0)
+
+
+class CurriculumConfig(Section):
+    name: Literal["uniform"] = "uniform"
+    weights: dict[str, float] | None = Field(None, description="fixed per-source weights; empty = by source size")
+
+
+class TrackingConfig(Section):
+    wandb: Literal["offline", "online", "disabled"] = Field("offline", description="WANDB_MODE, if set, wins")
+    project: str = "rlpost"
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    console_every: int = Field(1, gt=0)
+
+
+class EvalConfig(Section):
+    before: bool = True
+    after: bool = True
+    prompts_per_source: int = Field(40, gt=0)
+    n_samples: int = Field(8, gt=0, description="samples per prompt for pass@k")
+    k: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    temperature: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> "EvalConfig":
+        too_big = [k for k in self.k if k > self.n_samples or k < 1]
+        if too_big:
+            raise ValueError(f"every k must be in 1..n_samples={self.n_samples}; got {too_big}")
+        return self
+
+
+class RunConfig(Section):
+    dir: str = Field("runs/debug", description="run directory (metrics, checkpoints, final adapter)")
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    ray_address: str | None = Field(None, description="empty = start a local Ray; 'auto' or an address = join a cluster")
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    lora: LoraSection = LoraSection()
+    trainer: TrainerConfig = TrainerConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "Config":
+        if self.trainer.micro_batch_size > self.trainer.minibatch_size:
+            raise ValueError(
+                f"trainer.micro_batch_size={self.trainer.micro_batch_size} must be <= "
+                f"trainer.minibatch_size={self.trainer.minibatch_size}"
+            )
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file, apply `a.b=value` overrides (values parsed as YAML), validate once."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = ["invalid config:"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "<root>"
+        given = e.get("input")
+        if e["type"] == "extra_forbidden":
+            allowed = sorted(_section_at(loc[:-1]).model_fields)
+            lines.append(f"  {key}: unknown key (given {given!r}); allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (given {given!r})")
+    return "\n".join(lines)
+
+
+def _section_at(loc: list[str]) -> type[BaseModel]:
+    """The pydantic model that a validation error's location points into (list items included)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if part.isdigit():
+            continue
+        annotation = getattr(model.model_fields.get(part), "annotation", None)
+        item = next((a for a in get_args(annotation) if _is_section(a)), None)
+        if _is_section(annotation):
+            model = annotation
+        elif item is not None:
+            model = item
+        else:
+            break
+    return model
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def describe_options(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per leaf option (`section.key  type  default  description`) for `--help`."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if _is_section(annotation):
+            lines += describe_options(annotation, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if get_origin(annotation) is Literal:
+            type_name = " | ".join(map(str, get_args(annotation)))
+        else:
+            type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        text = f"  {prefix}{name} = {default!r}  [{type_name}]"
+        if field.description:
+            text += f"  {field.description}"
+        lines.append(text)
+    return lines

@@ -1,0 +1,83 @@
+"""Seeing the run: metrics.jsonl, W&B (offline by default) and a one-line-per-step console view."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pipeline.config import Config
+
+
+class PhaseTimer:
+    """Accumulates wall time per named phase: `with timer("generate"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        out = {f"time/{k}": v for k, v in self.seconds.items()}
+        self.seconds.clear()
+        return out
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.console = Console()
+        self.every = cfg.tracking.console_every
+        self.metrics_file = (run_dir / "metrics.jsonl").open("a")
+        self.wandb = None
+        mode = os.environ.get("WANDB_MODE", cfg.tracking.wandb)
+        if mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=cfg.tracking.project, entity=cfg.tracking.entity, name=cfg.tracking.run_name,
+                tags=cfg.tracking.tags, config=cfg.model_dump(), dir=str(run_dir), mode=mode,
+            )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **metrics}
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if step % self.every == 0:
+            self.console.print(_step_line(row))
+
+    def print(self, *things: Any) -> None:
+        self.console.print(*things)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            self.wandb.summary.update(values)
+
+    def close(self) -> None:
+        self.metrics_file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _step_line(row: dict[str, Any]) -> str:
+    per_source = " ".join(
+        f"{k.split('/', 1)[1]}={v:.2f}" for k, v in row.items() if k.startswith("reward/") and k != "reward/mean"
+    )
+    times = " ".join(f"{k[5:]}={row[k]:.2f}s" for k in ("time/generate", "time/score", "time/train", "time/sync") if k in row)
+    return (
+        f"[bold]step {row['step']:>4}[/] reward {row['reward/mean']:.3f} acc {row['accuracy/mean']:.3f} "
+        f"kl {row.get('train/kl', 0.0):.4f} clip {row.get('train/clipfrac', 0.0):.3f} "
+        f"{row['throughput/gen_tokens_per_s']:.0f} tok/s | {per_source} | {times}"
+    )

@@ -1,0 +1,127 @@
+"""The driver's handle on the Ray actors: start them, spread work over them, gather by group id."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.learner import Learner
+from actors.rollout import RolloutWorker
+from pipeline.config import Config
+from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
+from rewards.scoring import Scorer, Scores
+
+
+class SyncError(RuntimeError):
+    """A rollout worker's policy does not match the learner's after a weight sync."""
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster at run.ray_address, or start a local Ray sized for this run's actors."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}}
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address, runtime_env=env, log_to_driver=True)
+        return
+    wanted = (cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.reward.num_workers * cfg.reward.cpus_per_worker
+              + cfg.trainer.cpus_per_learner)
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False, runtime_env=env,
+             log_to_driver=True, configure_logging=False)
+
+
+@dataclass
+class Workers:
+    learner: Any
+    rollout: list[Any]
+    reward: list[Any]
+
+    @classmethod
+    def start(cls, cfg: Config, model_path: str) -> "Workers":
+        lora = cfg.lora.model_dump()
+        learner = ray.remote(Learner).options(
+            num_cpus=cfg.trainer.cpus_per_learner, num_gpus=cfg.trainer.gpus_per_learner,
+        ).remote(model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+                 cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed)
+        rollout = [
+            ray.remote(RolloutWorker).options(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker).remote(
+                model_path, cfg.model.dtype, lora, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)
+            for _ in range(cfg.rollout.num_workers)
+        ]
+        components = [(c.name, c.weight) for c in cfg.reward.components]
+        reward = [
+            ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker).remote(
+                components, cfg.reward.timeout_s, cfg.reward.failure_score)
+            for _ in range(cfg.reward.num_workers)
+        ]
+        return cls(learner, rollout, reward)
+
+    def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
+        """Prompts spread over the rollout workers; results ordered by (group id, sample)."""
+        shards = _shards(prompts, len(self.rollout))
+        futures = [
+            worker.generate.remote(shard, _with_seed(sampling, sampling.seed * 1000 + i))
+            for i, (worker, shard) in enumerate(zip(self.rollout, shards)) if shard
+        ]
+        completions = [c for part in ray.get(futures) for c in part]
+        return sorted(completions, key=lambda c: c.group_id)  # stable: keeps sample order inside a group
+
+    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
+        index_shards = _shards(list(range(len(completions))), len(self.reward))
+        futures = [
+            worker.score.remote([completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()})
+            for worker, idx in zip(self.reward, index_shards) if idx
+        ]
+        return _merge_scores(ray.get(futures))
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        return ray.get(self.learner.update.remote(batch))
+
+    def sync_adapter(self, version: int, probe: tuple[list[int], list[int]], temperature: float, tolerance: float = 1e-3) -> int:
+        """Send the learner's LoRA adapter to every rollout worker and verify it took effect.
+
+        Each worker returns its log-probs of a fixed probe completion; they must match the
+        learner's, so a rollout worker can never silently keep sampling from a stale policy.
+        Returns the adapter's size in bytes.
+        """
+        adapter_ref = self.learner.adapter_state.remote()
+        expected_ref = self.learner.sequence_logprobs.remote([probe[0]], [probe[1]])
+        got = ray.get([w.load_adapter.remote(adapter_ref, version, probe, temperature) for w in self.rollout])
+        expected = ray.get(expected_ref)[0]
+        for i, values in enumerate(got):
+            gap = max(abs(a - b) for a, b in zip(values, expected))
+            if gap > tolerance:
+                raise SyncError(f"rollout worker {i} disagrees with the learner after sync v{version}: "
+                                f"max |logprob gap| {gap:.2e} > {tolerance:.0e}")
+        return sum(v.nbytes for v in ray.get(adapter_ref).values())
+
+    def shutdown(self) -> None:
+        for actor in [self.learner, *self.rollout, *self.reward]:
+            ray.kill(actor)
+
+
+def _shards(items: list, n: int) -> list[list]:
+    """Contiguous, near-equal shards; group ids travel with the items, so order never matters."""
+    size = math.ceil(len(items) / n) if items else 0
+    return [items[i * size : (i + 1) * size] for i in range(n)]
+
+
+def _with_seed(sampling: SamplingSpec, seed: int) -> SamplingSpec:
+    from dataclasses import replace
+
+    return replace(sampling, seed=seed)
+
+
+def _merge_scores(parts: list[Scores]) -> Scores:
+    merged = Scores(total=[], components={})
+    for part in parts:
+        merged.total += part.total
+        for name, values in part.components.items():
+            merged.components.setdefault(name, []).extend(values)
+        merged.errors += part.errors
+        merged.timeouts += part.timeouts
+        merged.error_messages += part.error_messages
+    return merged
