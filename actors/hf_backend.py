@@ -18,7 +18,7 @@ class HFEngine:
     def load_adapter(self, adapter: dict[str, Any]) -> None:
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(self.model, {k: torch.as_tensor(v) for k, v in adapter.items()})
+        set_peft_model_state_dict(self.model, {k: torch.tensor(v) for k, v in adapter.items()})
 
     @torch.no_grad()
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int) -> list[Completion]:

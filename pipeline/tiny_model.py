@@ -20,21 +20,23 @@ import torch
 from pipeline.config import TinyModelConfig
 from pipeline.tasks import TASK_FAMILIES, generate_split
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz +-=*/()<>.,:;?!'\"\n"
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 SFT_SEED = 1234
 
 
 def build_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A character-level Qwen2 tokenizer: a byte-level BPE with no merges, one token per character.
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + list(CHARACTERS))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    Using the architecture's own tokenizer class means `AutoTokenizer` reloads it unchanged.
+    """
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_to_char = bytes_to_unicode()
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + [byte_to_char[ord(c)] for c in CHARACTERS])}
+    return Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", eos_token="<eos>", pad_token="<pad>", bos_token=None)
 
 
 def ensure_tiny_model(cfg: TinyModelConfig, log=print) -> Path:

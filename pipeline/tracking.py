@@ -36,7 +36,7 @@ class PhaseTimer:
 
 class Tracker:
     def __init__(self, cfg: Config, run_dir: Path):
-        self.console = Console()
+        self.console = Console(soft_wrap=True)
         self.every = cfg.tracking.console_every
         self.metrics_file = (run_dir / "metrics.jsonl").open("a")
         self.wandb = None

@@ -177,10 +177,11 @@ def _finish(tracker: Tracker, run_dir: Path, before: dict, after: dict, reward_c
         for name in metric_names:
             table.add_column(name, justify="right")
         for source in (after or before):
-            cells = [f"{before.get(source, {}).get(m, float('nan')):.3f} -> {after.get(source, {}).get(m, float('nan')):.3f}"
+            cells = [f"{before.get(source, {}).get(m, float('nan')):.2f}→{after.get(source, {}).get(m, float('nan')):.2f}"
                      for m in metric_names]
             table.add_row(source, *cells)
         tracker.print(table)
-        tracker.summary({f"eval/{when}/{s}/{m}": v for when, res in results.items() for s, d in res.items() for m, v in d.items()})
+        tracker.summary({f"eval/{when}/{s}/{m}": v for when, res in (("before", before), ("after", after))
+                         for s, d in res.items() for m, v in d.items()})
     tracker.close()
     return results
