@@ -1,0 +1,25 @@
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    """The built-in tiny model, built once (or reused from the cache) with the real builder."""
+    from pipeline.config import TinyModelConfig
+    from pipeline.tiny_model import ensure_tiny_model
+
+    return str(ensure_tiny_model(TinyModelConfig()))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    yield
+    ray.shutdown()

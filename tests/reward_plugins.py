@@ -1,0 +1,17 @@
+"""Reward functions used by the tests through the import-path plug-in mechanism."""
+
+
+def fails_on_odd_length(completions, answer, **_):
+    """Raises for any batch containing an odd-length completion: exercises per-sample isolation."""
+    for c in completions:
+        if len(c) % 2 == 1:
+            raise RuntimeError("odd length")
+    return [1.0 for _ in completions]
+
+
+def hangs_on_x(completions, **_):
+    import time
+
+    if any("x" in c for c in completions):
+        time.sleep(60)
+    return [0.5 for _ in completions]

@@ -1,0 +1,115 @@
+"""End-to-end runs through real Ray actors on the tiny model (CPU)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.records import PromptSpec, SamplingSpec, TrainBatch
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "trainer.steps=3", "trainer.prompts_per_step=4", "rollout.n=4", "rollout.num_workers=2",
+    "rollout.cpus_per_worker=0.5", "trainer.cpus_per_learner=1", "eval.prompts_per_source=4",
+    "eval.n_samples=2", "eval.k=[1,2]", "run.checkpoint_every=2",
+]
+
+
+def _run(tmp_path: Path, name: str, *extra: str):
+    from pipeline.train import train
+
+    cfg = load_config("configs/debug_cpu.yaml", [*SMALL, f"run.dir={tmp_path / name}", *extra])
+    return train(cfg), tmp_path / name
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_three_step_run_writes_metrics_adapter_checkpoint_and_wandb(ray_session, tiny_model_path, tmp_path):
+    results, run_dir = _run(tmp_path, "a", "reward.components=[{name: exact_match}, {name: 'tests.reward_plugins:fails_on_odd_length', weight: 0.0}]")
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward/mean", "time/step", "time/generate", "time/score", "time/train", "time/sync", "throughput/gen_tokens_per_s"):
+        assert all(key in r for r in rows), key
+    assert any(k.startswith("reward/") and k.split("/")[1] in ("reverse_4", "sort_4", "count_8", "add_2d") for k in rows[0])
+    # the plug-in raised on odd-length completions: scored 0, counted, and the run went on
+    assert sum(r["reward/errors"] for r in rows) > 0
+    assert all(r["train/logprob_gap_max"] < 1e-3 for r in rows)  # rollout and learner agree: the sync worked
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), str(run_dir / "final_adapter"))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # initialised at zero: the adapter was trained
+    assert (run_dir / "checkpoints" / "step_000002" / "adapter" / "adapter_model.safetensors").exists()
+    assert (run_dir / "config.yaml").exists() and set(results["after"]) == {"reverse_4", "sort_4", "count_8", "add_2d"}
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+
+
+def test_same_seed_gives_the_same_metrics(ray_session, tiny_model_path, tmp_path):
+    _, first = _run(tmp_path, "x", "eval.before=false", "eval.after=false", "tracking.wandb=disabled")
+    _, second = _run(tmp_path, "y", "eval.before=false", "eval.after=false", "tracking.wandb=disabled")
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]
+
+    assert strip(_metrics(first)) == strip(_metrics(second))
+
+
+def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_model_path):
+    import ray
+
+    from pipeline.workers import Workers
+
+    cfg = load_config("configs/debug_cpu.yaml", [*SMALL, f"model.path={tiny_model_path}", "trainer.lr=0.05"])
+    workers = Workers.start(cfg, tiny_model_path)
+    try:
+        probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
+        workers.sync_adapter(0, probe, 1.0)
+        before = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout])
+        completions = workers.generate([PromptSpec(g, probe[0]) for g in range(2)], SamplingSpec(n=4, temperature=1.0, max_new_tokens=4, seed=1))
+        advantages = [1.0 if i % 2 else -1.0 for i in range(len(completions))]
+        workers.update(TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
+                                  [c.group_id for c in completions]))
+        workers.sync_adapter(1, probe, 1.0)
+        after = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout])
+        learner = ray.get(workers.learner.sequence_logprobs.remote([probe[0]], [probe[1]]))
+        for b, a in zip(before, after):
+            assert not np.allclose(b, a, atol=1e-5)  # the policy moved on every worker ...
+            assert np.allclose(a, learner, atol=1e-5)  # ... to exactly the learner's
+    finally:
+        workers.shutdown()
+
+
+class _LearnerSendingWrongWeights:
+    """Stands in for the learner handle: scores the probe with the real policy but ships other weights."""
+
+    def __init__(self, learner):
+        self.learner = learner
+        self.adapter_state = self  # so that `adapter_state.remote()` lands in `remote` below
+        self.sequence_logprobs = learner.sequence_logprobs
+
+    def remote(self):
+        import ray
+
+        state = ray.get(self.learner.adapter_state.remote())
+        return ray.put({k: v + 0.5 for k, v in state.items()})
+
+
+def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_session, tiny_model_path):
+    from pipeline.workers import SyncError, Workers
+
+    cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "rollout.num_workers=1"])
+    workers = Workers.start(cfg, tiny_model_path)
+    real_learner = workers.learner
+    try:
+        workers.learner = _LearnerSendingWrongWeights(real_learner)
+        with pytest.raises(SyncError, match="rollout worker 0 disagrees with the learner after sync v0"):
+            workers.sync_adapter(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]), 1.0)
+    finally:
+        workers.learner = real_learner
+        workers.shutdown()
