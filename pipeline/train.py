@@ -147,8 +147,8 @@ def _step_metrics(cfg: Config, completions: list[Completion], scores: Scores, so
         metrics[f"accuracy/{source}"] = float(np.mean([correct[i] for i in idx]))
     for name, values in scores.components.items():
         metrics[f"reward_component/{name}"] = float(np.mean(values))
-    metrics["reward/errors"] = float(scores.errors)
-    metrics["reward/timeouts"] = float(scores.timeouts)
+    metrics["scoring/errors"] = float(scores.errors)
+    metrics["scoring/timeouts"] = float(scores.timeouts)
     metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
     metrics.update({f"curriculum/p/{s}": p for s, p in sampler.probabilities().items()})
     lengths = [len(c.token_ids) for c in completions]

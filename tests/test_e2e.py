@@ -36,7 +36,7 @@ def test_three_step_run_writes_metrics_adapter_checkpoint_and_wandb(ray_session,
         assert all(key in r for r in rows), key
     assert any(k.startswith("reward/") and k.split("/")[1] in ("reverse_4", "sort_4", "count_8", "add_2d") for k in rows[0])
     # the plug-in raised on odd-length completions: scored 0, counted, and the run went on
-    assert sum(r["reward/errors"] for r in rows) > 0
+    assert sum(r["scoring/errors"] for r in rows) > 0
     assert all(r["train/logprob_gap_max"] < 1e-3 for r in rows)  # rollout and learner agree: the sync worked
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
