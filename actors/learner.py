@@ -35,9 +35,13 @@ class Learner:
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """mu epochs of clipped-surrogate updates over mini-batches of `batch`; returns metrics."""
         ids, attention, mask = pad_sequences(batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id, self.device)
+        behaviour_mask = mask
+        if batch.loss_mask:
+            mask = mask * torch.tensor(batch.loss_mask, dtype=mask.dtype, device=self.device).unsqueeze(-1)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
         old = self._logprobs_no_grad(ids, attention)  # pi_old recomputed here: the ratio is exactly 1 at first
-        ref = self._logprobs_no_grad(ids, attention, adapter=False) if self.algo["kl_coef"] > 0 else None
+        kl_in_loss = self.algo["kl_coef"] > 0 and self.algo["kl_in"] == "loss"
+        ref = self._logprobs_no_grad(ids, attention, adapter=False) if kl_in_loss else None
         metrics: dict[str, list[float]] = {}
         for _ in range(self.algo["ppo_epochs"]):
             order = torch.randperm(len(ids), generator=self.shuffle)
@@ -47,11 +51,19 @@ class Learner:
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
-        summary.update(self._behaviour_gap(old, mask, batch.behaviour_logprobs))
+        summary.update(self._behaviour_gap(old, behaviour_mask, batch.behaviour_logprobs))
         return summary
 
+    @torch.no_grad()
+    def reference_kl(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+        """Per sample, the summed KL estimate between the current policy and the reference (kl_in=reward)."""
+        ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
+        kl = core_algos.kl_penalty(self._logprobs_no_grad(ids, attention), self._logprobs_no_grad(ids, attention, adapter=False),
+                                   self.algo["kl_type"])
+        return (kl * mask).sum(-1).tolist()
+
     def _optimizer_step(self, ids, attention, mask, advantages, old, ref) -> dict[str, float]:
-        totals = dict(total_tokens=mask.sum().item(), total_seqs=float(len(ids)), max_len=float(self.max_new_tokens))
+        totals = dict(total_tokens=max(mask.sum().item(), 1.0), total_seqs=float(len(ids)), max_len=float(self.max_new_tokens))
         aggregate = core_algos.LOSS_AGGREGATIONS[self.algo["loss_agg_mode"]]
         self.optimizer.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)

@@ -1,4 +1,4 @@
-"""Fixed-distribution prompt sampler: sources by size (uniform over prompts) or by given weights."""
+"""Fixed-distribution prompt samplers: `uniform` (sources by size) and `fixed` (given weights)."""
 from __future__ import annotations
 
 import random
@@ -35,8 +35,14 @@ class UniformSampler:
     def update(self, sources: list[str], advantages: list[float]) -> None:
         """A fixed distribution learns nothing from advantages."""
 
+    def observe_validation(self, mean_reward: dict[str, float]) -> None:
+        """Nothing to learn from validation either."""
+
     def probabilities(self) -> dict[str, float]:
         return dict(self.weights)
+
+    def stats(self) -> dict[str, float]:
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.getstate()}

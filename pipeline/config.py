@@ -71,6 +71,14 @@ class RewardComponent(Section):
     weight: float = 1.0
 
 
+class UnlikelinessConfig(Section):
+    """Rewarding the Unlikely (spec §2): scale correct rewards by 1 - beta_rank * rank / G."""
+
+    beta_rank: float = Field(0.0, ge=0, le=1, description="0 = off; the paper's recipe uses 0.25")
+    rank_convention: Literal["code", "paper0"] = "code"
+    filter_groups: bool = Field(True, description="drop all-correct / all-wrong groups (the released code's default)")
+
+
 class RewardConfig(Section):
     components: list[RewardComponent] = Field(default_factory=lambda: [RewardComponent(name="exact_match")])
     timeout_s: float = Field(5.0, gt=0, description="per reward-function call")
@@ -78,12 +86,14 @@ class RewardConfig(Section):
     correct_threshold: float = Field(1.0, description="a sample counts as correct when its total reward >= this")
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(0.25, gt=0)
+    unlikeliness: UnlikelinessConfig = UnlikelinessConfig()
 
 
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
     "grpo": dict(adv_estimator="grpo", adv_eps=1e-6, loss_agg_mode="token-mean", clip_eps_low=0.2, clip_eps_high=0.2),
     "dr_grpo": dict(adv_estimator="dr_grpo", loss_agg_mode="seq-mean-token-sum-norm", clip_eps_low=0.2, clip_eps_high=0.2, kl_coef=0.0),
-    "dapo": dict(adv_estimator="grpo", adv_eps=1e-6, loss_agg_mode="token-mean", clip_eps_low=0.2, clip_eps_high=0.28, kl_coef=0.0),
+    "dapo": dict(adv_estimator="grpo", adv_eps=1e-6, loss_agg_mode="token-mean", clip_eps_low=0.2, clip_eps_high=0.28, kl_coef=0.0,
+                 filter_groups=True, dynamic_sampling=True),
 }
 
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum-norm"]
@@ -102,8 +112,18 @@ class AlgorithmConfig(Section):
     dual_clip_c: float | None = Field(None, gt=1, description="dual-clip constant for negative advantages; empty = off")
     kl_coef: float = Field(0.0, ge=0, description="KL-to-reference coefficient in the loss")
     kl_type: KLType = "k3"
+    kl_in: Literal["loss", "reward"] = Field("loss", description="where the KL to the reference goes")
     loss_agg_mode: LossAggMode = "token-mean"
     ppo_epochs: int = Field(1, ge=1, description="passes over each batch (mu)")
+    filter_groups: bool = Field(False, description="drop groups whose filter_metric is equal for every sample")
+    filter_metric: Literal["acc", "score"] = "acc"
+    dynamic_sampling: bool = Field(False, description="keep generating until prompts_per_step mixed groups are kept (DAPO)")
+    gen_prompts_per_round: int | None = Field(None, gt=0, description="prompts per generation round; empty = 3 x prompts_per_step")
+    max_gen_rounds: int = Field(10, description="generation rounds per step before giving up; <= 0 = no limit")
+    overlong_filtering: bool = Field(False, description="mask the loss of truncated samples (DAPO option a)")
+    overlong_buffer_len: int | None = Field(None, ge=0, description="soft overlong punishment buffer (DAPO option b); "
+                                            "0 = off, empty = off except for dapo (20% of max_new_tokens)")
+    overlong_penalty_factor: float = Field(1.0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -135,8 +155,18 @@ class TrainerConfig(Section):
 
 
 class CurriculumConfig(Section):
-    name: Literal["uniform"] = "uniform"
-    weights: dict[str, float] | None = Field(None, description="fixed per-source weights; empty = by source size")
+    name: Literal["uniform", "fixed", "ucb"] = Field("uniform", description="uniform = sources by size; ucb = DUMP")
+    weights: dict[str, float] | None = Field(None, description="per-source weights for name=fixed")
+    window: int = Field(300, gt=0, description="ucb: responses per source in the learnability window")
+    exploration_c: float = Field(1.0, ge=0, description="ucb: exploration constant c")
+    temperature: float = Field(0.1, gt=0, description="ucb: softmax temperature")
+    update_on_validation: bool = Field(False, description="ucb: also feed validation rewards (released-code parity)")
+
+    @model_validator(mode="after")
+    def _weights_only_when_fixed(self) -> "CurriculumConfig":
+        if self.weights and self.name != "fixed":
+            raise ValueError(f"weights are used only by name=fixed (name is {self.name!r})")
+        return self
 
 
 class TrackingConfig(Section):
@@ -149,6 +179,7 @@ class TrackingConfig(Section):
 
 
 class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="evaluate every k steps during training; 0 = only before/after")
     before: bool = True
     after: bool = True
     prompts_per_source: int = Field(40, gt=0)
@@ -185,12 +216,18 @@ class Config(Section):
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
-    def _batches_divide(self) -> "Config":
+    def _cross_section_checks(self) -> "Config":
         if self.trainer.micro_batch_size > self.trainer.minibatch_size:
             raise ValueError(
                 f"trainer.micro_batch_size={self.trainer.micro_batch_size} must be <= "
                 f"trainer.minibatch_size={self.trainer.minibatch_size}"
             )
+        if self.algorithm.overlong_buffer_len is None:  # DAPO's 4096 of 20480 tokens, scaled to this run
+            share = 0.2 if self.algorithm.name == "dapo" else 0.0
+            self.algorithm.overlong_buffer_len = round(share * self.rollout.max_new_tokens)
+        if self.algorithm.overlong_buffer_len > self.rollout.max_new_tokens:
+            raise ValueError(f"algorithm.overlong_buffer_len={self.algorithm.overlong_buffer_len} must be <= "
+                             f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
         return self
 
 

@@ -153,6 +153,15 @@ def _is_prompt(prompt: Any) -> bool:
     )
 
 
+def columnar(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Row dicts -> {column: values}: the TRL-style keyword arguments of reward functions."""
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        for key, value in row.items():
+            columns[key].append(value)
+    return dict(columns)
+
+
 def prompt_text(row: Row, tokenizer: Any, chat_template: str) -> str:
     """The exact text the policy sees: chat messages go through the tokenizer's template."""
     has_template = getattr(tokenizer, "chat_template", None) is not None

@@ -5,6 +5,7 @@ from collections import defaultdict
 from math import comb
 
 from pipeline.config import Config
+from pipeline.data import columnar
 from pipeline.records import PromptSpec, SamplingSpec
 
 
@@ -16,31 +17,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(workers, test: dict[str, list[tuple[list[int], dict]]], cfg: Config, seed: int) -> dict[str, dict[str, float]]:
-    """{source: {"greedy_acc": ..., "pass@k": ...}} over up to eval.prompts_per_source prompts each."""
+    """{source: {"greedy_acc", "reward" (greedy), "pass@k"...}} over up to eval.prompts_per_source prompts each."""
     items = [(source, ids, cols) for source, rows in test.items() for ids, cols in rows[: cfg.eval.prompts_per_source]]
     prompts = [PromptSpec(i, ids) for i, (_, ids, _) in enumerate(items)]
     base = dict(max_new_tokens=cfg.rollout.max_new_tokens, stop=tuple(cfg.rollout.stop), seed=seed)
     greedy = workers.generate(prompts, SamplingSpec(n=1, temperature=0.0, **base))
     sampled = workers.generate(prompts, SamplingSpec(n=cfg.eval.n_samples, temperature=cfg.eval.temperature,
                                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, **base))
-    correct_greedy = _correct(workers, greedy, items, cfg)
-    correct_sampled = _correct(workers, sampled, items, cfg)
+    greedy_rewards = _rewards(workers, greedy, items)
+    correct_greedy = [r >= cfg.reward.correct_threshold for r in greedy_rewards]
+    correct_sampled = [r >= cfg.reward.correct_threshold for r in _rewards(workers, sampled, items)]
     per_prompt = defaultdict(int)
     for completion, ok in zip(sampled, correct_sampled):
         per_prompt[completion.group_id] += ok
     table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for completion, ok in zip(greedy, correct_greedy):
+    for completion, ok, reward in zip(greedy, correct_greedy, greedy_rewards):
         source = items[completion.group_id][0]
         table[source]["greedy_acc"].append(float(ok))
+        table[source]["reward"].append(reward)
         for k in cfg.eval.k:
             table[source][f"pass@{k}"].append(pass_at_k(cfg.eval.n_samples, per_prompt[completion.group_id], k))
     return {s: {m: sum(v) / len(v) for m, v in metrics.items()} for s, metrics in table.items()}
 
 
-def _correct(workers, completions, items, cfg: Config) -> list[bool]:
-    columns: dict[str, list] = defaultdict(list)
-    for c in completions:
-        for key, value in items[c.group_id][2].items():
-            columns[key].append(value)
-    scores = workers.score([c.text for c in completions], dict(columns))
-    return [t >= cfg.reward.correct_threshold for t in scores.total]
+def _rewards(workers, completions, items) -> list[float]:
+    return workers.score([c.text for c in completions], columnar([items[c.group_id][2] for c in completions])).total

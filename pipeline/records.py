@@ -39,3 +39,4 @@ class TrainBatch:
     advantages: list[float]
     group_ids: list[int]
     behaviour_logprobs: list[list[float]] = field(default_factory=list)
+    loss_mask: list[bool] = field(default_factory=list)  # False = sample left out of the loss (overlong filtering)

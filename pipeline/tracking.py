@@ -39,6 +39,7 @@ class Tracker:
         self.console = Console(soft_wrap=True)
         self.every = cfg.tracking.console_every
         self.metrics_file = (run_dir / "metrics.jsonl").open("a")
+        self.eval_file = (run_dir / "eval.jsonl").open("a")
         self.wandb = None
         mode = os.environ.get("WANDB_MODE", cfg.tracking.wandb)
         if mode != "disabled":
@@ -58,6 +59,16 @@ class Tracker:
         if step % self.every == 0:
             self.console.print(_step_line(row))
 
+    def log_eval(self, step: int, results: dict[str, dict[str, float]]) -> None:
+        """Held-out results as eval/<metric>/<source> (one W&B panel per metric) and a console line."""
+        flat = {f"eval/{m}/{s}": v for s, per in results.items() for m, v in per.items()}
+        self.eval_file.write(json.dumps({"step": step, **flat}) + "\n")
+        self.eval_file.flush()
+        if self.wandb is not None:
+            self.wandb.log(flat, step=step)
+        self.console.print(f"[bold]eval @ step {step}[/] " + " ".join(
+            f"{s}: acc={per['greedy_acc']:.2f}" for s, per in results.items()))
+
     def print(self, *things: Any) -> None:
         self.console.print(*things)
 
@@ -67,6 +78,7 @@ class Tracker:
 
     def close(self) -> None:
         self.metrics_file.close()
+        self.eval_file.close()
         if self.wandb is not None:
             self.wandb.finish()
 

@@ -18,17 +18,17 @@ import torch
 import yaml
 
 from actors.policy_model import load_tokenizer
-from curricula import SAMPLERS
-from pipeline import core_algos
+from curricula import make_sampler
+from pipeline.advantages import compute_advantages, trained_indices
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import Config
 from pipeline.data import DataError, Row, load_rows, prompt_text
 from pipeline.evaluation import evaluate
-from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
+from pipeline.records import Completion, SamplingSpec, TrainBatch
+from pipeline.step_batch import StepBatch, collect
 from pipeline.tiny_model import ensure_tiny_model
 from pipeline.tracking import PhaseTimer, Tracker
 from pipeline.workers import Workers, init_ray
-from rewards.scoring import Scores
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 
@@ -38,43 +38,39 @@ def train(cfg: Config) -> dict[str, Any]:
     _seed_everything(cfg.run.seed)
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
     train_prompts, test_prompts = _tokenized_prompts(cfg, model_path)
-    sampler = SAMPLERS[cfg.curriculum.name]({s: len(p) for s, p in train_prompts.items()}, cfg.run.seed, cfg.curriculum.weights)
+    sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
     init_ray(cfg)
     workers = Workers.start(cfg, model_path)
     tracker = Tracker(cfg, run_dir)
     probe = _probe(train_prompts)
     workers.sync_adapter(0, probe, cfg.rollout.temperature)
-    before = evaluate(workers, test_prompts, cfg, seed=cfg.run.seed) if cfg.eval.before else {}
+    before = _evaluate(workers, test_prompts, cfg, sampler, tracker, step=0) if cfg.eval.before else {}
+
+    def sample_prompts(n: int) -> list[tuple[str, list[int], dict]]:
+        return [(s, *train_prompts[s][i]) for s, i in sampler.sample(n)]
 
     timer, reward_curve = PhaseTimer(), []
     for step in range(1, cfg.trainer.steps + 1):
         step_start = time.perf_counter()
-        with timer("generate"):
-            picks = sampler.sample(cfg.trainer.prompts_per_step)
-            prompts = [PromptSpec(g, train_prompts[s][i][0]) for g, (s, i) in enumerate(picks)]
-            completions = workers.generate(prompts, _sampling(cfg, seed=cfg.run.seed * 100_003 + step))
-        with timer("score"):
-            scores = workers.score([c.text for c in completions], _reward_columns(completions, picks, train_prompts))
-        rewards = torch.tensor(scores.total, dtype=torch.float32)
-        group_ids = [c.group_id for c in completions]
-        advantages = core_algos.ADVANTAGE_ESTIMATORS[cfg.algorithm.adv_estimator](
-            rewards, group_ids, eps=cfg.algorithm.adv_eps, ddof=cfg.algorithm.std_ddof)
-        sources = [picks[g][0] for g in group_ids]
-        sampler.update(sources, advantages.tolist())
+        batch = collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step), timer)
+        trained = [batch.completions[i] for i in trained_indices(batch)]
+        kl = workers.reference_kl(trained) if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None
+        advantages, shaping = compute_advantages(cfg, batch, kl)
+        sampler.update(batch.sources, _per_sample(advantages, batch))  # dropped groups count as |A| = 0
         with timer("train"):
-            train_metrics = workers.update(TrainBatch(
-                [c.prompt_ids for c in completions], [c.token_ids for c in completions],
-                advantages.tolist(), group_ids, [c.logprobs for c in completions]))
+            train_metrics = workers.update(_train_batch(cfg, trained, advantages)) if trained else {"skipped": 1.0}
         with timer("sync"):
             adapter_bytes = workers.sync_adapter(step, probe, cfg.rollout.temperature)
-        metrics = _step_metrics(cfg, completions, scores, sources, train_metrics, sampler, timer.pop())
-        metrics.update({"time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes})
+        metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
+                   "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes}
         tracker.log(step, metrics)
         reward_curve.append(metrics["reward/mean"])
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
+            _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             save_checkpoint(run_dir, step, workers.learner, {"sampler": sampler.state_dict(), "step": step})
 
-    after = evaluate(workers, test_prompts, cfg, seed=cfg.run.seed) if cfg.eval.after else {}
+    after = _evaluate(workers, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
     ray.get(workers.learner.save_adapter.remote(str(run_dir / "final_adapter")))
     results = _finish(tracker, run_dir, before, after, reward_curve)
     workers.shutdown()
@@ -120,27 +116,44 @@ def _probe(train_prompts: dict[str, list[Prompt]]) -> tuple[list[int], list[int]
     return ids, ids[: max(1, min(len(ids), 6))]
 
 
+def _evaluate(workers, test_prompts, cfg: Config, sampler, tracker: Tracker, step: int) -> dict[str, dict[str, float]]:
+    results = evaluate(workers, test_prompts, cfg, seed=cfg.run.seed)
+    tracker.log_eval(step, results)
+    sampler.observe_validation({s: r["reward"] for s, r in results.items()})
+    return results
+
+
 def _sampling(cfg: Config, seed: int) -> SamplingSpec:
     r = cfg.rollout
     return SamplingSpec(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                         max_new_tokens=r.max_new_tokens, stop=tuple(r.stop), seed=seed)
 
 
-def _reward_columns(completions: list[Completion], picks, train_prompts) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = defaultdict(list)
-    for c in completions:
-        source, index = picks[c.group_id]
-        for key, value in train_prompts[source][index][1].items():
-            columns[key].append(value)
-    return dict(columns)
+def _per_sample(advantages: list[float], batch: StepBatch) -> list[float]:
+    """Advantages aligned with every generated sample: 0 for samples of dropped groups."""
+    out, trained = [0.0] * len(batch.completions), iter(advantages)
+    for i in trained_indices(batch):
+        out[i] = next(trained)
+    return out
 
 
-def _step_metrics(cfg: Config, completions: list[Completion], scores: Scores, sources: list[str],
-                  train_metrics: dict[str, float], sampler, times: dict[str, float]) -> dict[str, float]:
+def _train_batch(cfg: Config, trained: list[Completion], advantages: list[float]) -> TrainBatch:
+    truncated = [c.finish_reason == "length" and len(c.token_ids) >= cfg.rollout.max_new_tokens for c in trained]
+    return TrainBatch(
+        prompt_ids=[c.prompt_ids for c in trained], completion_ids=[c.token_ids for c in trained],
+        advantages=advantages, group_ids=[c.group_id for c in trained],
+        behaviour_logprobs=[c.logprobs for c in trained],
+        loss_mask=[not t for t in truncated] if cfg.algorithm.overlong_filtering else [],
+    )
+
+
+def _step_metrics(cfg: Config, batch: StepBatch, train_metrics: dict[str, float], sampler,
+                  times: dict[str, float]) -> dict[str, float]:
+    scores, completions = batch.scores, batch.completions
     correct = [float(t >= cfg.reward.correct_threshold) for t in scores.total]
     metrics: dict[str, float] = {"reward/mean": float(np.mean(scores.total)), "accuracy/mean": float(np.mean(correct))}
     by_source: dict[str, list[int]] = defaultdict(list)
-    for i, source in enumerate(sources):
+    for i, source in enumerate(batch.sources):
         by_source[source].append(i)
     for source, idx in sorted(by_source.items()):
         metrics[f"reward/{source}"] = float(np.mean([scores.total[i] for i in idx]))
@@ -149,8 +162,12 @@ def _step_metrics(cfg: Config, completions: list[Completion], scores: Scores, so
         metrics[f"reward_component/{name}"] = float(np.mean(values))
     metrics["scoring/errors"] = float(scores.errors)
     metrics["scoring/timeouts"] = float(scores.timeouts)
+    metrics["batch/gen_rounds"] = float(batch.gen_rounds)
+    metrics["batch/trained_groups"] = float(len(batch.kept_groups()))
+    metrics["batch/trained_samples"] = float(sum(batch.trained))
     metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
     metrics.update({f"curriculum/p/{s}": p for s, p in sampler.probabilities().items()})
+    metrics.update({f"curriculum/{k}": v for k, v in sampler.stats().items()})
     lengths = [len(c.token_ids) for c in completions]
     metrics["response/length_mean"] = float(np.mean(lengths))
     metrics["response/truncated_frac"] = float(np.mean([c.finish_reason == "length" for c in completions]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -63,7 +63,7 @@ class Workers:
         """Prompts spread over the rollout workers; results ordered by (group id, sample)."""
         shards = _shards(prompts, len(self.rollout))
         futures = [
-            worker.generate.remote(shard, _with_seed(sampling, sampling.seed * 1000 + i))
+            worker.generate.remote(shard, replace(sampling, seed=sampling.seed * 1000 + i))
             for i, (worker, shard) in enumerate(zip(self.rollout, shards)) if shard
         ]
         completions = [c for part in ray.get(futures) for c in part]
@@ -75,7 +75,13 @@ class Workers:
             worker.score.remote([completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()})
             for worker, idx in zip(self.reward, index_shards) if idx
         ]
-        return _merge_scores(ray.get(futures))
+        merged = Scores(total=[], components={})
+        for part in ray.get(futures):
+            merged.extend(part)
+        return merged
+
+    def reference_kl(self, completions: list[Completion]) -> list[float]:
+        return ray.get(self.learner.reference_kl.remote([c.prompt_ids for c in completions], [c.token_ids for c in completions]))
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         return ray.get(self.learner.update.remote(batch))
@@ -107,21 +113,3 @@ def _shards(items: list, n: int) -> list[list]:
     """Contiguous, near-equal shards; group ids travel with the items, so order never matters."""
     size = math.ceil(len(items) / n) if items else 0
     return [items[i * size : (i + 1) * size] for i in range(n)]
-
-
-def _with_seed(sampling: SamplingSpec, seed: int) -> SamplingSpec:
-    from dataclasses import replace
-
-    return replace(sampling, seed=seed)
-
-
-def _merge_scores(parts: list[Scores]) -> Scores:
-    merged = Scores(total=[], components={})
-    for part in parts:
-        merged.total += part.total
-        for name, values in part.components.items():
-            merged.components.setdefault(name, []).extend(values)
-        merged.errors += part.errors
-        merged.timeouts += part.timeouts
-        merged.error_messages += part.error_messages
-    return merged

@@ -16,6 +16,15 @@ class Scores:
     timeouts: int = 0  # samples whose component exceeded the time limit
     error_messages: list[str] = field(default_factory=list)
 
+    def extend(self, other: "Scores") -> None:
+        """Append another batch's scores (used to merge shards and generation rounds)."""
+        self.total += other.total
+        for name, values in other.components.items():
+            self.components.setdefault(name, []).extend(values)
+        self.errors += other.errors
+        self.timeouts += other.timeouts
+        self.error_messages += other.error_messages
+
 
 class Scorer:
     """Applies every configured component to a batch and combines them by weight.

@@ -1,0 +1,99 @@
+"""Collect one step's samples: generate and score, then filter groups (and resample, as DAPO does).
+
+Group filtering drops groups whose metric (correctness or score) is the same for every sample:
+their GRPO advantage is exactly 0, so they carry no policy gradient. With dynamic sampling the
+loop keeps generating until `prompts_per_step` mixed groups are kept, up to `max_gen_rounds`.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.data import columnar
+from pipeline.records import Completion, PromptSpec, SamplingSpec
+from rewards.scoring import Scores
+
+
+class DynamicSamplingError(RuntimeError):
+    pass
+
+
+@dataclass
+class StepBatch:
+    """Everything generated in a step (metrics see all of it) and which samples are trained on."""
+
+    completions: list[Completion] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    columns: list[dict[str, Any]] = field(default_factory=list)  # each sample's row fields
+    scores: Scores = field(default_factory=lambda: Scores(total=[], components={}))
+    trained: list[bool] = field(default_factory=list)
+    gen_rounds: int = 0
+
+    def extend(self, completions: list[Completion], sources: list[str], columns: list[dict], scores: Scores) -> None:
+        self.completions += completions
+        self.sources += sources
+        self.columns += columns
+        self.scores.extend(scores)
+        self.trained += [True] * len(completions)
+
+    def kept_groups(self) -> list[int]:
+        return list(dict.fromkeys(c.group_id for c, t in zip(self.completions, self.trained) if t))
+
+
+def mixed_groups(values: list[float], group_ids: list[int]) -> set[int]:
+    """Ids of groups whose values are not all equal (the ones with a learning signal)."""
+    seen: dict[int, set[float]] = defaultdict(set)
+    for v, g in zip(values, group_ids):
+        seen[g].add(v)
+    return {g for g, vals in seen.items() if len(vals) > 1}
+
+
+def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[int], dict]]], workers,
+            sampling: SamplingSpec, timer) -> StepBatch:
+    """Generate, score and filter until the step's batch is complete (phases timed by `timer`)."""
+    algo = cfg.algorithm
+    filtering = algo.filter_groups or (cfg.reward.unlikeliness.beta_rank > 0 and cfg.reward.unlikeliness.filter_groups)
+    target = cfg.trainer.prompts_per_step
+    per_round = (algo.gen_prompts_per_round or 3 * target) if algo.dynamic_sampling else target
+    batch, next_group = StepBatch(), 0
+    while True:
+        batch.gen_rounds += 1
+        with timer("generate"):
+            prompts = sample_prompts(per_round)
+            specs = [PromptSpec(next_group + i, ids) for i, (_, ids, _) in enumerate(prompts)]
+            completions = workers.generate(specs, replace(sampling, seed=sampling.seed * 100 + batch.gen_rounds))
+        picked = [prompts[c.group_id - next_group] for c in completions]
+        columns = [cols for _, _, cols in picked]
+        with timer("score"):
+            scores = workers.score([c.text for c in completions], columnar(columns))
+        start = len(batch.completions)
+        batch.extend(completions, [source for source, _, _ in picked], columns, scores)
+        next_group += per_round
+        if filtering:
+            _drop_uniform_groups(batch, start, cfg)
+        if not algo.dynamic_sampling:
+            return batch
+        if len(batch.kept_groups()) >= target:
+            _keep_first_groups(batch, target)
+            return batch
+        if 0 < algo.max_gen_rounds <= batch.gen_rounds:
+            raise DynamicSamplingError(
+                f"dynamic sampling kept {len(batch.kept_groups())} of {target} mixed groups after "
+                f"{batch.gen_rounds} generation rounds (algorithm.max_gen_rounds); the data may be too easy or too hard")
+
+
+def _drop_uniform_groups(batch: StepBatch, start: int, cfg: Config) -> None:
+    totals = batch.scores.total[start:]
+    values = [float(t >= cfg.reward.correct_threshold) for t in totals] if cfg.algorithm.filter_metric == "acc" else totals
+    ids = [c.group_id for c in batch.completions[start:]]
+    mixed = mixed_groups(values, ids)
+    for i, gid in enumerate(ids, start=start):
+        batch.trained[i] = gid in mixed
+
+
+def _keep_first_groups(batch: StepBatch, n: int) -> None:
+    keep = set(batch.kept_groups()[:n])
+    batch.trained = [t and c.group_id in keep for c, t in zip(batch.completions, batch.trained)]
