@@ -37,6 +37,8 @@ class PhaseTimer:
 class Tracker:
     def __init__(self, cfg: Config, run_dir: Path):
         self.console = Console(soft_wrap=True)
+        if not self.console.is_terminal:  # logs and `ray job logs`: do not squeeze tables into 80 columns
+            self.console.width = 160
         self.every = cfg.tracking.console_every
         self.metrics_file = (run_dir / "metrics.jsonl").open("a")
         self.eval_file = (run_dir / "eval.jsonl").open("a")

@@ -113,3 +113,19 @@ def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_sessi
     finally:
         workers.learner = real_learner
         workers.shutdown()
+
+
+def test_dapo_with_ucb_curriculum_unlikeliness_and_periodic_eval(ray_session, tiny_model_path, tmp_path):
+    _, run_dir = _run(tmp_path, "dapo", "algorithm.name=dapo", "curriculum.name=ucb", "reward.unlikeliness.beta_rank=0.25",
+                      "algorithm.ppo_epochs=2", "algorithm.kl_in=reward", "algorithm.kl_coef=0.01",
+                      "algorithm.overlong_filtering=true", "eval.every=2", "eval.before=false", "tracking.wandb=disabled",
+                      "algorithm.max_gen_rounds=0")
+    rows = _metrics(run_dir)
+    for row in rows:
+        assert row["batch/trained_groups"] == 4 and row["batch/gen_rounds"] >= 1
+        assert sum(v for k, v in row.items() if k.startswith("curriculum/p/")) == pytest.approx(1.0)
+        for key in ("curriculum/learnability/sort_4", "curriculum/ucb/sort_4", "curriculum/count/sort_4",
+                    "unlikeliness/mean_factor_correct", "train/kl_in_reward", "reward_component/overlong_penalty"):
+            assert key in row, key
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 3] and "eval/greedy_acc/sort_4" in evals[0]
