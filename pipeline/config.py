@@ -26,6 +26,7 @@ class TinyModelConfig(Section):
     hidden_size: int = Field(96, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
+    max_positions: int = Field(128, gt=0, description="context length of the built model")
     sft_steps: int = Field(300, ge=0, description="supervised warm-up steps before RL")
     sft_batch_size: int = Field(64, gt=0)
     sft_lr: float = Field(3e-3, gt=0)

@@ -77,7 +77,7 @@ def _fresh_model(cfg: TinyModelConfig, tokenizer):
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=128,
+        max_position_embeddings=cfg.max_positions,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
