@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,15 @@ class RolloutConfig(Section):
 class RewardComponent(Section):
     name: str = Field(description="registered reward name or an import path 'pkg.module:function'")
     weight: float = 1.0
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword options passed to the function")
+
+    @field_validator("name")
+    @classmethod
+    def _resolvable(cls, name: str) -> str:
+        from rewards.registry import resolve_reward
+
+        resolve_reward(name)  # unknown names and failing imports stop the run here, naming the key
+        return name
 
 
 class UnlikelinessConfig(Section):
@@ -82,7 +91,9 @@ class UnlikelinessConfig(Section):
 
 class RewardConfig(Section):
     components: list[RewardComponent] = Field(default_factory=lambda: [RewardComponent(name="exact_match")])
-    timeout_s: float = Field(5.0, gt=0, description="per reward-function call")
+    by_source: dict[str, list[RewardComponent]] = Field(default_factory=dict, description="components for named sources (instead of `components`)")
+    timeout_s: float = Field(5.0, gt=0, description="per sample and component")
+    worker_deadline_s: float = Field(120.0, gt=0, description="a reward worker silent this long is killed, restarted, its samples scored as failures")
     failure_score: float = Field(0.0, description="score of a sample whose reward function raised or timed out")
     correct_threshold: float = Field(1.0, description="a sample counts as correct when its total reward >= this")
     num_workers: int = Field(1, ge=1)

@@ -158,8 +158,13 @@ def _step_metrics(cfg: Config, batch: StepBatch, train_metrics: dict[str, float]
     for source, idx in sorted(by_source.items()):
         metrics[f"reward/{source}"] = float(np.mean([scores.total[i] for i in idx]))
         metrics[f"accuracy/{source}"] = float(np.mean([correct[i] for i in idx]))
-    for name, values in scores.components.items():
-        metrics[f"reward_component/{name}"] = float(np.mean(values))
+    for name, values in scores.components.items():  # None where a component does not apply
+        applied = [i for i, v in enumerate(values) if v is not None]
+        metrics[f"reward_component/{name}"] = float(np.mean([values[i] for i in applied]))
+        for source, idx in sorted(by_source.items()):
+            mine = [values[i] for i in idx if values[i] is not None]
+            if mine:
+                metrics[f"reward_component/{name}/{source}"] = float(np.mean(mine))
     metrics["scoring/errors"] = float(scores.errors)
     metrics["scoring/timeouts"] = float(scores.timeouts)
     metrics["batch/gen_rounds"] = float(batch.gen_rounds)

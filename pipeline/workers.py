@@ -33,11 +33,22 @@ def init_ray(cfg: Config) -> None:
              log_to_driver=True, configure_logging=False)
 
 
+def _start_reward_worker(cfg: Config):
+    def components(items):
+        return [(c.name, c.weight, c.args) for c in items]
+
+    return ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker, max_restarts=-1).remote(
+        components(cfg.reward.components), cfg.reward.timeout_s, cfg.reward.failure_score,
+        {source: components(items) for source, items in cfg.reward.by_source.items()})
+
+
 @dataclass
 class Workers:
     learner: Any
     rollout: list[Any]
     reward: list[Any]
+    reward_deadline_s: float = 120.0
+    failure_score: float = 0.0
 
     @classmethod
     def start(cls, cfg: Config, model_path: str) -> "Workers":
@@ -51,13 +62,8 @@ class Workers:
                 model_path, cfg.model.dtype, lora, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)
             for _ in range(cfg.rollout.num_workers)
         ]
-        components = [(c.name, c.weight) for c in cfg.reward.components]
-        reward = [
-            ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker).remote(
-                components, cfg.reward.timeout_s, cfg.reward.failure_score)
-            for _ in range(cfg.reward.num_workers)
-        ]
-        return cls(learner, rollout, reward)
+        reward = [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)]
+        return cls(learner, rollout, reward, cfg.reward.worker_deadline_s, cfg.reward.failure_score)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         """Prompts spread over the rollout workers; results ordered by (group id, sample)."""
@@ -70,14 +76,22 @@ class Workers:
         return sorted(completions, key=lambda c: c.group_id)  # stable: keeps sample order inside a group
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
+        """Scores from all reward workers in parallel. A worker that misses the deadline (hung in
+        native code, say) is killed and restarted by Ray, and its samples are scored as timeouts."""
         index_shards = _shards(list(range(len(completions))), len(self.reward))
         futures = [
-            worker.score.remote([completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()})
+            (worker, idx, worker.score.remote([completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}))
             for worker, idx in zip(self.reward, index_shards) if idx
         ]
+        ready, _ = ray.wait([f for _, _, f in futures], num_returns=len(futures), timeout=self.reward_deadline_s)
         merged = Scores(total=[], components={})
-        for part in ray.get(futures):
-            merged.extend(part)
+        for worker, idx, future in futures:
+            if future in ready:
+                merged.extend(ray.get(future))
+                continue
+            ray.kill(worker, no_restart=False)
+            merged.extend(Scores(total=[self.failure_score] * len(idx), components={}, timeouts=len(idx),
+                                 error_messages=[f"reward worker missed the {self.reward_deadline_s}s deadline; restarted"]))
         return merged
 
     def reference_kl(self, completions: list[Completion]) -> list[float]:

@@ -11,50 +11,64 @@ from rewards.time_limit import CallTimeout, call_with_timeout
 @dataclass
 class Scores:
     total: list[float]
-    components: dict[str, list[float]]
+    components: dict[str, list[float | None]]  # None where the component does not apply to the sample's source
     errors: int = 0  # samples whose component raised or returned garbage
     timeouts: int = 0  # samples whose component exceeded the time limit
     error_messages: list[str] = field(default_factory=list)
 
     def extend(self, other: "Scores") -> None:
         """Append another batch's scores (used to merge shards and generation rounds)."""
+        before, added = len(self.total), len(other.total)
+        for name in list(dict.fromkeys([*self.components, *other.components])):
+            self.components.setdefault(name, [None] * before).extend(other.components.get(name, [None] * added))
         self.total += other.total
-        for name, values in other.components.items():
-            self.components.setdefault(name, []).extend(values)
         self.errors += other.errors
         self.timeouts += other.timeouts
         self.error_messages += other.error_messages
 
 
-class Scorer:
-    """Applies every configured component to a batch and combines them by weight.
+Component = tuple[str, float, dict[str, Any]]  # (name, weight, options)
 
-    Each component is first called on the whole batch (fast path). If that call fails, the
-    component is called per sample, so only the samples that really fail get `failure_score`.
+
+class Scorer:
+    """Applies each sample's components (by its `source` column) and combines them by weight.
+
+    Each component is first called on all its samples at once (fast path), with a time budget of
+    timeout_s per sample. If that call fails, the component is called per sample, so only the
+    samples that really fail get `failure_score` (counted as errors or timeouts).
     """
 
-    def __init__(self, components: list[tuple[str, float]], timeout_s: float, failure_score: float):
-        self.components: list[tuple[str, RewardFn, float]] = [(n, resolve_reward(n), w) for n, w in components]
+    def __init__(self, components: list[Component], timeout_s: float, failure_score: float,
+                 by_source: dict[str, list[Component]] | None = None):
+        self.default = [(n, resolve_reward(n), w, a) for n, w, a in components]
+        self.by_source = {s: [(n, resolve_reward(n), w, a) for n, w, a in comps] for s, comps in (by_source or {}).items()}
         self.timeout_s = timeout_s
         self.failure_score = failure_score
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
         result = Scores(total=[0.0] * len(completions), components={})
-        for name, fn, weight in self.components:
-            values = self._component(fn, completions, columns, result)
-            result.components[name] = values
-            result.total = [t + weight * v for t, v in zip(result.total, values)]
+        sources = columns.get("source", [None] * len(completions))
+        for source in dict.fromkeys(sources):
+            idx = [i for i, s in enumerate(sources) if s == source]
+            for name, fn, weight, options in self.by_source.get(source, self.default):
+                sub_columns = {k: [v[i] for i in idx] for k, v in columns.items()}
+                values = self._component(fn, options, [completions[i] for i in idx], sub_columns, result)
+                slot = result.components.setdefault(name, [None] * len(completions))
+                for i, value in zip(idx, values):
+                    slot[i] = value
+                    result.total[i] += weight * value
         return result
 
-    def _component(self, fn: RewardFn, completions: list[str], columns: dict[str, list[Any]], result: Scores) -> list[float]:
+    def _component(self, fn: RewardFn, options: dict[str, Any], completions: list[str], columns: dict[str, list[Any]],
+                   result: Scores) -> list[float]:
         try:
-            return self._checked(fn, completions, columns, len(completions))
+            return self._checked(fn, options, completions, columns, len(completions))
         except Exception:
             pass
         values = []
         for i, completion in enumerate(completions):
             try:
-                values += self._checked(fn, [completion], {k: [v[i]] for k, v in columns.items()}, 1)
+                values += self._checked(fn, options, [completion], {k: [v[i]] for k, v in columns.items()}, 1)
             except CallTimeout as err:
                 result.timeouts += 1
                 result.error_messages.append(f"{getattr(fn, '__name__', fn)}: {err}")
@@ -65,8 +79,9 @@ class Scorer:
                 values.append(self.failure_score)
         return values
 
-    def _checked(self, fn: RewardFn, completions: list[str], columns: dict[str, list[Any]], n: int) -> list[float]:
-        values = call_with_timeout(fn, self.timeout_s, completions, **columns)
+    def _checked(self, fn: RewardFn, options: dict[str, Any], completions: list[str], columns: dict[str, list[Any]],
+                 n: int) -> list[float]:
+        values = call_with_timeout(fn, self.timeout_s * n, completions, **columns, **options)
         values = [float(v) for v in values]
         if len(values) != n:
             raise ValueError(f"returned {len(values)} scores for {n} completions")

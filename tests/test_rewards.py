@@ -17,14 +17,14 @@ def test_numeric_match_takes_the_last_number():
 
 
 def test_unknown_component_lists_the_registered_ones():
-    with pytest.raises(KeyError, match="exact_match"):
+    with pytest.raises(ValueError, match="exact_match"):
         resolve_reward("exact")
-    with pytest.raises(KeyError, match="cannot be imported"):
+    with pytest.raises(ValueError, match="cannot be imported"):
         resolve_reward("tests.reward_plugins:nope")
 
 
 def test_a_raising_reward_scores_only_its_samples_and_counts_them():
-    scorer = Scorer([("exact_match", 1.0), ("tests.reward_plugins:fails_on_odd_length", 0.5)], timeout_s=5, failure_score=-1.0)
+    scorer = Scorer([("exact_match", 1.0, {}), ("tests.reward_plugins:fails_on_odd_length", 0.5, {})], timeout_s=5, failure_score=-1.0)
     scores = scorer.score(["12", "123", "4"], {"answer": ["12", "123", "0"]})
     assert scores.components["tests.reward_plugins:fails_on_odd_length"] == [1.0, -1.0, -1.0]
     assert scores.total == [1.5, 0.5, -0.5]
@@ -32,7 +32,7 @@ def test_a_raising_reward_scores_only_its_samples_and_counts_them():
 
 
 def test_a_hanging_reward_is_timed_out_and_scored():
-    scorer = Scorer([("tests.reward_plugins:hangs_on_x", 1.0)], timeout_s=0.3, failure_score=0.0)
+    scorer = Scorer([("tests.reward_plugins:hangs_on_x", 1.0, {})], timeout_s=0.3, failure_score=0.0)
     start = time.perf_counter()
     scores = scorer.score(["ab", "xy"], {})
     assert scores.total == [0.5, 0.0] and scores.timeouts == 1
