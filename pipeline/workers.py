@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import ray
@@ -37,7 +39,7 @@ def _start_reward_worker(cfg: Config):
     def components(items):
         return [(c.name, c.weight, c.args) for c in items]
 
-    return ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker, max_restarts=-1).remote(
+    return ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker).remote(
         components(cfg.reward.components), cfg.reward.timeout_s, cfg.reward.failure_score,
         {source: components(items) for source, items in cfg.reward.by_source.items()})
 
@@ -47,6 +49,7 @@ class Workers:
     learner: Any
     rollout: list[Any]
     reward: list[Any]
+    start_reward_worker: Callable[[], Any]
     reward_deadline_s: float = 120.0
     failure_score: float = 0.0
 
@@ -63,7 +66,8 @@ class Workers:
             for _ in range(cfg.rollout.num_workers)
         ]
         reward = [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)]
-        return cls(learner, rollout, reward, cfg.reward.worker_deadline_s, cfg.reward.failure_score)
+        return cls(learner, rollout, reward, partial(_start_reward_worker, cfg), cfg.reward.worker_deadline_s,
+                   cfg.reward.failure_score)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         """Prompts spread over the rollout workers; results ordered by (group id, sample)."""
@@ -77,7 +81,7 @@ class Workers:
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
         """Scores from all reward workers in parallel. A worker that misses the deadline (hung in
-        native code, say) is killed and restarted by Ray, and its samples are scored as timeouts."""
+        native code, say) is killed and replaced, and its samples are scored as timeouts."""
         index_shards = _shards(list(range(len(completions))), len(self.reward))
         futures = [
             (worker, idx, worker.score.remote([completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}))
@@ -85,13 +89,14 @@ class Workers:
         ]
         ready, _ = ray.wait([f for _, _, f in futures], num_returns=len(futures), timeout=self.reward_deadline_s)
         merged = Scores(total=[], components={})
-        for worker, idx, future in futures:
+        for slot, (worker, idx, future) in enumerate(futures):
             if future in ready:
                 merged.extend(ray.get(future))
                 continue
-            ray.kill(worker, no_restart=False)
+            ray.kill(worker)
+            self.reward[self.reward.index(worker)] = self.start_reward_worker()
             merged.extend(Scores(total=[self.failure_score] * len(idx), components={}, timeouts=len(idx),
-                                 error_messages=[f"reward worker missed the {self.reward_deadline_s}s deadline; restarted"]))
+                                 error_messages=[f"reward worker {slot} missed the {self.reward_deadline_s}s deadline; replaced"]))
         return merged
 
     def reference_kl(self, completions: list[Completion]) -> list[float]:

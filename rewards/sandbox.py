@@ -58,22 +58,31 @@ def run_tests(code: str, tests: list[str], limits: Limits = Limits()) -> RunResu
     with tempfile.TemporaryDirectory(prefix="rlpost-sandbox-") as workdir:
         payload = json.dumps({"code": code, "tests": tests, "nonce": nonce, "root": os.path.realpath(workdir),
                               "allowed": _python_dirs()})
-        proc = subprocess.Popen(
-            [*_NETWORK_ISOLATION, sys.executable, "-I", "-c", _HARNESS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, cwd=workdir, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            start_new_session=True,
-        )
+        output_path = os.path.join(workdir, ".stdout")  # a file, not a pipe: its size is capped by RLIMIT_FSIZE
+        with open(output_path, "wb") as output:
+            proc = subprocess.Popen(
+                [*_NETWORK_ISOLATION, sys.executable, "-I", "-c", _HARNESS], stdin=subprocess.PIPE, stdout=output,
+                stderr=subprocess.DEVNULL, cwd=workdir, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,
+            )
         try:
             _limit(proc.pid, limits)  # the harness runs no completion code before its input arrives
-            stdout, _ = proc.communicate(payload.encode(), timeout=limits.timeout_s)
+            proc.communicate(payload.encode(), timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
             return RunResult(0, len(tests), "timeout")
         finally:
             _kill_session(proc.pid)
-    for line in reversed(stdout.decode(errors="replace").splitlines()[-5:]):
+        tail = _tail(output_path)
+    for line in reversed(tail.splitlines()):
         if line.startswith(nonce + " "):
             return RunResult(min(int(line.split()[1]), len(tests)), len(tests), "ok")
     return RunResult(0, len(tests), "crashed" if proc.returncode else "no_result")
+
+
+def _tail(path: str, size: int = 4096) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - size))
+        return f.read().decode(errors="replace")
 
 
 def code_tests(completions: list[str], tests: list, mode: str = "fraction", timeout_s: float = 5.0,

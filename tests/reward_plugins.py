@@ -15,3 +15,14 @@ def hangs_on_x(completions, **_):
     if any("x" in c for c in completions):
         time.sleep(60)
     return [0.5 for _ in completions]
+
+
+def hangs_uninterruptibly_on_x(completions, **_):
+    """Blocks the timeout signal first: only killing the worker process can end it."""
+    import signal
+    import time
+
+    if any("x" in c for c in completions):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(120)
+    return [0.5 for _ in completions]
