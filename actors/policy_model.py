@@ -33,8 +33,8 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def load_policy(model_path: str, dtype: str, lora: dict[str, Any], device: torch.device):
-    """The base causal LM wrapped with a fresh LoRA adapter (weights come from the learner)."""
+def load_policy(model_path: str, dtype: str, lora: dict[str, Any] | None, device: torch.device):
+    """The base causal LM wrapped with a fresh LoRA adapter (weights come from the learner); lora=None: the bare LM."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -45,6 +45,8 @@ def load_policy(model_path: str, dtype: str, lora: dict[str, Any], device: torch
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype])
     except ValueError as err:
         raise ModelLoadError(f"model.path={model_path!r} ({config.model_type}) is not a causal LM: {err}") from None
+    if lora is None:
+        return base.to(device)
     peft_config = LoraConfig(
         r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=lora["target_modules"], task_type="CAUSAL_LM",

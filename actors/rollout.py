@@ -17,7 +17,7 @@ def make_engine(backend: str, **kwargs: Any):
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any], backend: str, cpus: float, gpus: float):
+    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, backend: str, cpus: float, gpus: float):
         set_threads(cpus)
         self.engine = make_engine(backend, model_path=model_path, dtype=dtype, lora=lora, gpus=gpus)
         self.version = -1
@@ -30,6 +30,9 @@ class RolloutWorker:
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompts, sampling, self.version)
+
+    def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        return self.engine.score_texts(prompts, continuations)
 
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         return self.engine.sequence_logprobs(prompts, completions, temperature)

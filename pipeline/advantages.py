@@ -38,10 +38,10 @@ def compute_advantages(cfg: Config, batch: StepBatch, reference_kl: list[float] 
         metrics["train/kl_in_reward"] = _mean(reference_kl)
     group_ids = [c.group_id for c in completions]
     unlikely = cfg.reward.unlikeliness
-    if unlikely.beta_rank > 0:
+    if unlikely.beta_rank > 0:  # rewards are scaled, so the spec's R in {0, 1} is the verifier's total
         mean_logprobs = [float(np.mean(c.logprobs)) if c.logprobs else 0.0 for c in completions]
         rewards, factors = apply_unlikeliness(rewards, mean_logprobs, group_ids, unlikely.beta_rank, unlikely.rank_convention)
-        correct = [r >= cfg.reward.correct_threshold for r in (batch.scores.total[i] for i in idx)]
+        correct = [batch.correct[i] for i in idx]
         metrics["unlikeliness/mean_factor_correct"] = _mean([f for f, ok in zip(factors, correct) if ok])
         metrics["unlikeliness/unique_correct_per_group"] = _unique_correct_per_group(completions, correct)
     estimator = core_algos.ADVANTAGE_ESTIMATORS[algo.adv_estimator]

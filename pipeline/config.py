@@ -89,6 +89,27 @@ class UnlikelinessConfig(Section):
     filter_groups: bool = Field(True, description="drop all-correct / all-wrong groups (the released code's default)")
 
 
+class ConsensusConfig(Section):
+    """Consensus-game equilibrium ranking over each group's distinct answers (spec §4)."""
+
+    weight: float = Field(0.0, ge=0, description="0 = off")
+    use: Literal["bonus", "label_free"] = Field("bonus", description="bonus: added to the verifier reward; "
+                                                "label_free: the training reward is the consensus reward alone")
+    reward: Literal["er_d", "rank"] = Field("er_d", description="a sample's reward: its answer's ER-D probability, or its rank")
+    model_path: str | None = Field(None, description="scoring LM; empty = the current policy on the rollout workers")
+    answer_regex: str | None = Field(None, description="final answer = first group of the last match; empty = the whole completion")
+    generator_correct: str = "{prompt}"
+    generator_incorrect: str = "wrong answer: {prompt}"
+    discriminator: str = "{prompt}{answer} is"
+    correct_word: str = " right"
+    incorrect_word: str = " wrong"
+    lambda_g: float = Field(0.1, gt=0)
+    lambda_d: float = Field(0.1, gt=0)
+    eta_g: float = Field(0.1, gt=0)
+    eta_d: float = Field(0.1, gt=0)
+    iterations: int = Field(5000, ge=1)
+
+
 class RewardConfig(Section):
     components: list[RewardComponent] = Field(default_factory=lambda: [RewardComponent(name="exact_match")])
     by_source: dict[str, list[RewardComponent]] = Field(default_factory=dict, description="components for named sources (instead of `components`)")
@@ -99,6 +120,7 @@ class RewardConfig(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(0.25, gt=0)
     unlikeliness: UnlikelinessConfig = UnlikelinessConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
 
 
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.consensus_reward import consensus_rewards
 from pipeline.data import columnar
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 from rewards.scoring import Scores
@@ -29,14 +30,18 @@ class StepBatch:
     sources: list[str] = field(default_factory=list)
     columns: list[dict[str, Any]] = field(default_factory=list)  # each sample's row fields
     scores: Scores = field(default_factory=lambda: Scores(total=[], components={}))
+    correct: list[bool] = field(default_factory=list)  # by the verifiers (reward.correct_threshold)
     trained: list[bool] = field(default_factory=list)
     gen_rounds: int = 0
+    consensus_metrics: list[dict[str, float]] = field(default_factory=list)
 
-    def extend(self, completions: list[Completion], sources: list[str], columns: list[dict], scores: Scores) -> None:
+    def extend(self, completions: list[Completion], sources: list[str], columns: list[dict], scores: Scores,
+               correct: list[bool]) -> None:
         self.completions += completions
         self.sources += sources
         self.columns += columns
         self.scores.extend(scores)
+        self.correct += correct
         self.trained += [True] * len(completions)
 
     def kept_groups(self) -> list[int]:
@@ -69,8 +74,11 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
         columns = [cols for _, _, cols in picked]
         with timer("score"):
             scores = workers.score([c.text for c in completions], columnar(columns))
+            correct = [t >= cfg.reward.correct_threshold for t in scores.total]
+            if cfg.reward.consensus.weight > 0:
+                batch.consensus_metrics.append(_add_consensus(cfg, workers, completions, columns, scores, correct))
         start = len(batch.completions)
-        batch.extend(completions, [source for source, _, _ in picked], columns, scores)
+        batch.extend(completions, [source for source, _, _ in picked], columns, scores, correct)
         next_group += per_round
         if filtering:
             _drop_uniform_groups(batch, start, cfg)
@@ -85,9 +93,20 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
                 f"{batch.gen_rounds} generation rounds (algorithm.max_gen_rounds); the data may be too easy or too hard")
 
 
+def _add_consensus(cfg: Config, workers, completions: list[Completion], columns: list[dict], scores: Scores,
+                   correct: list[bool]) -> dict[str, float]:
+    """The consensus reward as a component: a bonus on the verifiers' total, or the whole reward (label-free)."""
+    settings = cfg.reward.consensus
+    values, metrics = consensus_rewards(settings, workers.score_texts, completions, columns, correct)
+    scores.components["consensus"] = values
+    base = scores.total if settings.use == "bonus" else [0.0] * len(values)
+    scores.total = [b + settings.weight * v for b, v in zip(base, values)]
+    return metrics
+
+
 def _drop_uniform_groups(batch: StepBatch, start: int, cfg: Config) -> None:
     totals = batch.scores.total[start:]
-    values = [float(t >= cfg.reward.correct_threshold) for t in totals] if cfg.algorithm.filter_metric == "acc" else totals
+    values = [float(ok) for ok in batch.correct[start:]] if cfg.algorithm.filter_metric == "acc" else totals
     ids = [c.group_id for c in batch.completions[start:]]
     mixed = mixed_groups(values, ids)
     for i, gid in enumerate(ids, start=start):

@@ -104,7 +104,8 @@ def _tokenized_prompts(cfg: Config, model_path: str) -> tuple[dict[str, list[Pro
         for row in rows:
             text = prompt_text(row, tokenizer, cfg.data.chat_template)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            out.append((ids, {"answer": row.answer, "source": row.source, **row.fields}))
+            question = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
+            out.append((ids, {"answer": row.answer, "source": row.source, "prompt": text, "question": question, **row.fields}))
         return out
 
     return ({s: encode(r) for s, r in train_rows.items()}, {s: encode(r) for s, r in test_rows.items() if r})
@@ -150,7 +151,7 @@ def _train_batch(cfg: Config, trained: list[Completion], advantages: list[float]
 def _step_metrics(cfg: Config, batch: StepBatch, train_metrics: dict[str, float], sampler,
                   times: dict[str, float]) -> dict[str, float]:
     scores, completions = batch.scores, batch.completions
-    correct = [float(t >= cfg.reward.correct_threshold) for t in scores.total]
+    correct = [float(ok) for ok in batch.correct]
     metrics: dict[str, float] = {"reward/mean": float(np.mean(scores.total)), "accuracy/mean": float(np.mean(correct))}
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, source in enumerate(batch.sources):
@@ -167,6 +168,8 @@ def _step_metrics(cfg: Config, batch: StepBatch, train_metrics: dict[str, float]
                 metrics[f"reward_component/{name}/{source}"] = float(np.mean(mine))
     metrics["scoring/errors"] = float(scores.errors)
     metrics["scoring/timeouts"] = float(scores.timeouts)
+    for key in dict.fromkeys(k for m in batch.consensus_metrics for k in m):
+        metrics[key] = float(np.mean([m[key] for m in batch.consensus_metrics if key in m]))
     metrics["batch/gen_rounds"] = float(batch.gen_rounds)
     metrics["batch/trained_groups"] = float(len(batch.kept_groups()))
     metrics["batch/trained_samples"] = float(sum(batch.trained))

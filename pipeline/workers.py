@@ -52,6 +52,7 @@ class Workers:
     start_reward_worker: Callable[[], Any]
     reward_deadline_s: float = 120.0
     failure_score: float = 0.0
+    consensus_scorer: Any = None
 
     @classmethod
     def start(cls, cfg: Config, model_path: str) -> "Workers":
@@ -66,8 +67,12 @@ class Workers:
             for _ in range(cfg.rollout.num_workers)
         ]
         reward = [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)]
+        consensus_model = cfg.reward.consensus.model_path
+        consensus_scorer = None if consensus_model is None else ray.remote(RolloutWorker).options(
+            num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker).remote(
+            consensus_model, cfg.model.dtype, None, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)
         return cls(learner, rollout, reward, partial(_start_reward_worker, cfg), cfg.reward.worker_deadline_s,
-                   cfg.reward.failure_score)
+                   cfg.reward.failure_score, consensus_scorer)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         """Prompts spread over the rollout workers; results ordered by (group id, sample)."""
@@ -99,6 +104,14 @@ class Workers:
                                  error_messages=[f"reward worker {slot} missed the {self.reward_deadline_s}s deadline; replaced"]))
         return merged
 
+    def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """log P(continuation | prompt) from the consensus scoring model (the policy unless configured)."""
+        scorers = [self.consensus_scorer] if self.consensus_scorer is not None else self.rollout
+        index_shards = _shards(list(range(len(prompts))), len(scorers))
+        futures = [w.score_texts.remote([prompts[i] for i in idx], [continuations[i] for i in idx])
+                   for w, idx in zip(scorers, index_shards) if idx]
+        return [v for part in ray.get(futures) for v in part]
+
     def reference_kl(self, completions: list[Completion]) -> list[float]:
         return ray.get(self.learner.reference_kl.remote([c.prompt_ids for c in completions], [c.token_ids for c in completions]))
 
@@ -124,8 +137,9 @@ class Workers:
         return sum(v.nbytes for v in ray.get(adapter_ref).values())
 
     def shutdown(self) -> None:
-        for actor in [self.learner, *self.rollout, *self.reward]:
-            ray.kill(actor)
+        for actor in [self.learner, *self.rollout, *self.reward, self.consensus_scorer]:
+            if actor is not None:
+                ray.kill(actor)
 
 
 def _shards(items: list, n: int) -> list[list]:

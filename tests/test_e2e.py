@@ -144,3 +144,12 @@ def test_a_hung_reward_worker_is_killed_restarted_and_its_samples_scored(ray_ses
         assert healthy.total == [0.5, 0.5] and healthy.timeouts == 0
     finally:
         workers.shutdown()
+
+
+def test_label_free_consensus_training_runs_and_logs_the_rankings(ray_session, tiny_model_path, tmp_path):
+    _, run_dir = _run(tmp_path, "consensus", "reward.consensus.weight=1", "reward.consensus.use=label_free",
+                      "reward.consensus.iterations=300", "eval.before=false", "tracking.wandb=disabled")
+    for row in _metrics(run_dir):
+        assert 1 <= row["consensus/candidates_per_group"] <= 4
+        assert 0 <= row["reward/mean"] <= 1 and row["reward/mean"] == pytest.approx(row["reward_component/consensus"])
+        assert "consensus/pick_correct_er_d" in row and "accuracy/mean" in row

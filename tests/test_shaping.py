@@ -81,7 +81,7 @@ def test_overlong_punishment_enters_the_reward_before_normalisation():
     cfg = load_config(None, ["algorithm.name=dr_grpo", "rollout.max_new_tokens=4", "algorithm.overlong_buffer_len=2"])
     batch = StepBatch()
     batch.extend([Completion(0, [1], [2] * n, "x", [0.0] * n, "stop", 0) for n in (1, 2, 3, 4)], ["s"] * 4, [{}] * 4,
-                 Scorer([("exact_match", 1.0, {})], 5, 0.0).score(["x"] * 4, {"answer": ["x"] * 4}))
+                 Scorer([("exact_match", 1.0, {})], 5, 0.0).score(["x"] * 4, {"answer": ["x"] * 4}), [True] * 4)
     advantages, metrics = compute_advantages(cfg, batch)
     penalties = [0, 0, -0.5, -1.0]
     mean = 1 + sum(penalties) / 4
