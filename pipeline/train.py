@@ -37,7 +37,7 @@ def train(cfg: Config) -> dict[str, Any]:
     run_dir = _prepare_run_dir(cfg)
     _seed_everything(cfg.run.seed)
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
-    train_prompts, test_prompts = _tokenized_prompts(cfg, model_path)
+    train_prompts, test_prompts = tokenized_prompts(cfg, model_path)
     sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
     init_ray(cfg)
     workers = Workers.start(cfg, model_path)
@@ -93,7 +93,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _tokenized_prompts(cfg: Config, model_path: str) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
+def tokenized_prompts(cfg: Config, model_path: str) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
     tokenizer = load_tokenizer(model_path)
     train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
     if not train_rows:
