@@ -134,6 +134,21 @@ class Learner:
             "numpy_rng": np.random.get_state(),
         }, path / "learner_state.pt")
 
+    def load(self, directory: str) -> None:
+        """Restore what `save` wrote: adapter weights, optimizer, scheduler and every RNG."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        path = Path(directory)
+        set_peft_model_state_dict(self.model, load_peft_weights(str(path / "adapter"), device=str(self.device)))
+        state = torch.load(path / "learner_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+
     def save_adapter(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory)

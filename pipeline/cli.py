@@ -18,17 +18,22 @@ def main(argv: list[str] | None = None) -> int:
         epilog="options (section.key = default  [type]  description):\n" + "\n".join(describe_options()),
     )
     train.add_argument("config", help="YAML config file, e.g. configs/debug_cpu.yaml")
-    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. trainer.lr=1e-4 rollout.n=8")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. trainer.lr=1e-4 rollout.n=8; resume=auto|PATH")
     args = parser.parse_args(argv)
 
+    overrides = [f"run.{o}" if o.startswith("resume=") else o for o in args.overrides]  # `resume=auto` for short
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as err:
         print(f"rlpost: {err}", file=sys.stderr)
         return 2
-    from pipeline.train import train as run_training  # heavy imports only once the config is valid
+    from pipeline.train import USER_ERRORS, train as run_training  # heavy imports only once the config is valid
 
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    except USER_ERRORS as err:
+        print(f"rlpost: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -232,7 +232,9 @@ class EvalConfig(Section):
 class RunConfig(Section):
     dir: str = Field("runs/debug", description="run directory (metrics, checkpoints, final adapter)")
     seed: int = 0
-    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    checkpoint_every: int = Field(0, ge=0, description="0 = never")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
+    resume: str | None = Field(None, description="'auto' = the run directory's latest checkpoint, or a checkpoint path")
     ray_address: str | None = Field(None, description="empty = start a local Ray; 'auto' or an address = join a cluster")
 
 

@@ -35,13 +35,16 @@ class PhaseTimer:
 
 
 class Tracker:
-    def __init__(self, cfg: Config, run_dir: Path):
+    """resume_step: rows logged after that step (by a run killed before its next checkpoint) are
+    dropped, and the W&B run `wandb_id` continues instead of a new one starting."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume_step: int | None = None, wandb_id: str | None = None):
         self.console = Console(soft_wrap=True)
         if not self.console.is_terminal:  # logs and `ray job logs`: do not squeeze tables into 80 columns
             self.console.width = 160
         self.every = cfg.tracking.console_every
-        self.metrics_file = (run_dir / "metrics.jsonl").open("a")
-        self.eval_file = (run_dir / "eval.jsonl").open("a")
+        self.metrics_file = _open_log(run_dir / "metrics.jsonl", resume_step)
+        self.eval_file = _open_log(run_dir / "eval.jsonl", resume_step)
         self.wandb = None
         mode = os.environ.get("WANDB_MODE", cfg.tracking.wandb)
         if mode != "disabled":
@@ -50,7 +53,12 @@ class Tracker:
             self.wandb = wandb.init(
                 project=cfg.tracking.project, entity=cfg.tracking.entity, name=cfg.tracking.run_name,
                 tags=cfg.tracking.tags, config=cfg.model_dump(), dir=str(run_dir), mode=mode,
+                id=wandb_id, resume="allow" if wandb_id else None,
             )
+
+    @property
+    def wandb_id(self) -> str | None:
+        return None if self.wandb is None else self.wandb.id
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -83,6 +91,16 @@ class Tracker:
         self.eval_file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _open_log(path: Path, keep_until_step: int | None):
+    """Append to a JSONL log; on resume, first drop the rows after the checkpoint's step."""
+    if keep_until_step is not None and path.exists():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= keep_until_step]
+        path.write_text("".join(row + "\n" for row in rows))
+    elif keep_until_step is None and path.exists():
+        path.unlink()  # a fresh run in a used directory starts a fresh log
+    return path.open("a")
 
 
 def _step_line(row: dict[str, Any]) -> str:

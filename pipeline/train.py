@@ -17,18 +17,21 @@ import ray
 import torch
 import yaml
 
-from actors.policy_model import load_tokenizer
+from actors.policy_model import ModelLoadError, load_tokenizer
 from curricula import make_sampler
 from pipeline.advantages import compute_advantages, trained_indices
-from pipeline.checkpoint import save_checkpoint
+from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Config
 from pipeline.data import DataError, Row, load_rows, prompt_text
 from pipeline.evaluation import evaluate
 from pipeline.records import Completion, SamplingSpec, TrainBatch
-from pipeline.step_batch import StepBatch, collect
+from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
 from pipeline.tiny_model import ensure_tiny_model
 from pipeline.tracking import PhaseTimer, Tracker
-from pipeline.workers import Workers, init_ray
+from pipeline.workers import SyncError, Workers, init_ray
+
+# Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
+USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError)
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 
@@ -41,16 +44,21 @@ def train(cfg: Config) -> dict[str, Any]:
     sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
     init_ray(cfg)
     workers = Workers.start(cfg, model_path)
-    tracker = Tracker(cfg, run_dir)
+    state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
+    if cfg.run.resume:
+        state = load_checkpoint(find_checkpoint(run_dir, cfg.run.resume), workers.learner, cfg)
+        sampler.load_state_dict(state["sampler"])
+    tracker = Tracker(cfg, run_dir, resume_step=state["step"] if cfg.run.resume else None, wandb_id=state["wandb_id"])
     probe = _probe(train_prompts)
-    workers.sync_adapter(0, probe, cfg.rollout.temperature)
-    before = _evaluate(workers, test_prompts, cfg, sampler, tracker, step=0) if cfg.eval.before else {}
+    workers.sync_adapter(state["step"], probe, cfg.rollout.temperature)
+    if cfg.eval.before and not cfg.run.resume:
+        state["before"] = _evaluate(workers, test_prompts, cfg, sampler, tracker, step=0)
 
     def sample_prompts(n: int) -> list[tuple[str, list[int], dict]]:
         return [(s, *train_prompts[s][i]) for s, i in sampler.sample(n)]
 
-    timer, reward_curve = PhaseTimer(), []
-    for step in range(1, cfg.trainer.steps + 1):
+    timer, reward_curve = PhaseTimer(), state["reward_curve"]
+    for step in range(state["step"] + 1, cfg.trainer.steps + 1):
         step_start = time.perf_counter()
         batch = collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step), timer)
         trained = [batch.completions[i] for i in trained_indices(batch)]
@@ -68,11 +76,13 @@ def train(cfg: Config) -> dict[str, Any]:
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-            save_checkpoint(run_dir, step, workers.learner, {"sampler": sampler.state_dict(), "step": step})
+            driver_state = {"step": step, "sampler": sampler.state_dict(), "reward_curve": reward_curve,
+                            "before": state["before"], "wandb_id": tracker.wandb_id}
+            save_checkpoint(run_dir, step, workers.learner, driver_state, cfg, cfg.run.keep_last)
 
     after = _evaluate(workers, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
     ray.get(workers.learner.save_adapter.remote(str(run_dir / "final_adapter")))
-    results = _finish(tracker, run_dir, before, after, reward_curve)
+    results = _finish(tracker, run_dir, state["before"], after, reward_curve)
     workers.shutdown()
     return results
 

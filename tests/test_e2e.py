@@ -153,3 +153,45 @@ def test_label_free_consensus_training_runs_and_logs_the_rankings(ray_session, t
         assert 1 <= row["consensus/candidates_per_group"] <= 4
         assert 0 <= row["reward/mean"] <= 1 and row["reward/mean"] == pytest.approx(row["reward_component/consensus"])
         assert "consensus/pick_correct_er_d" in row and "accuracy/mean" in row
+
+
+def _strip_timing(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_exactly_the_same_metrics(ray_session, tiny_model_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    common = ["trainer.steps=6", "run.checkpoint_every=2", "eval.before=false", "eval.after=false", "tracking.wandb=disabled"]
+    _, reference = _run(tmp_path, "reference", *common)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "configs/debug_cpu.yaml", *SMALL, *common, f"run.dir={killed}"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            metrics = killed / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    assert (killed / "checkpoints" / "step_000002").exists()
+
+    _run(tmp_path, "killed", *common, "run.resume=auto")
+    assert _strip_timing(_metrics(killed)) == _strip_timing(_metrics(reference))
+
+
+def test_resume_refuses_an_incompatible_checkpoint(ray_session, tiny_model_path, tmp_path):
+    from pipeline.checkpoint import CheckpointError
+
+    common = ["trainer.steps=2", "run.checkpoint_every=2", "eval.before=false", "eval.after=false", "tracking.wandb=disabled"]
+    _run(tmp_path, "run", *common)
+    with pytest.raises(CheckpointError, match="lora"):
+        _run(tmp_path, "run", *common, "run.resume=auto", "lora.rank=4", "trainer.steps=3")
