@@ -19,7 +19,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("config", help="YAML config file, e.g. configs/debug_cpu.yaml")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. trainer.lr=1e-4 rollout.n=8; resume=auto|PATH")
+    evaluate = commands.add_parser("eval", help="evaluate a run's final adapter, an adapter, or a model on held-out data")
+    evaluate.add_argument("target", help="a run directory, a peft adapter directory, or a HF model directory")
+    evaluate.add_argument("--config", help="config for an adapter or model target (default configs/debug_cpu.yaml)")
+    evaluate.add_argument("overrides", nargs="*", help="section.key=value, e.g. eval.n_samples=16 eval.k=[1,16]")
+    export = commands.add_parser("export", help="merge a run's final adapter into a full Hugging Face model")
+    export.add_argument("run_dir")
+    export.add_argument("--merged", required=True, help="output directory")
     args = parser.parse_args(argv)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "export":
+        from pipeline.export import export_merged
+
+        print(f"merged model written to {export_merged(args.run_dir, args.merged)}")
+        return 0
 
     overrides = [f"run.{o}" if o.startswith("resume=") else o for o in args.overrides]  # `resume=auto` for short
     try:
@@ -34,6 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"rlpost: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline.evaluation import evaluate_saved
+    from pipeline.export import resolve_target
+
+    try:
+        cfg, base, adapter = resolve_target(Path(args.target), args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"rlpost: {err}", file=sys.stderr)
+        return 2
+    results = evaluate_saved(cfg, base, adapter)
+    for source, metrics in results.items():
+        print(f"{source:<12} " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    out = Path(args.target) / "eval_saved.json" if adapter is not None and Path(args.target).is_dir() else None
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from math import comb
 
 from pipeline.config import Config
@@ -38,6 +39,27 @@ def evaluate(workers, test: dict[str, list[tuple[list[int], dict]]], cfg: Config
         for k in cfg.eval.k:
             table[source][f"pass@{k}"].append(pass_at_k(cfg.eval.n_samples, per_prompt[completion.group_id], k))
     return {s: {m: sum(v) / len(v) for m, v in metrics.items()} for s, metrics in table.items()}
+
+
+def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dict[str, dict[str, float]]:
+    """Evaluate a saved adapter (or a bare model) on the config's test split, through the rollout workers."""
+    import ray
+    from peft.utils import load_peft_weights
+
+    from pipeline.train import tokenized_prompts
+    from pipeline.workers import Workers, init_ray
+
+    _, test = tokenized_prompts(cfg, base_path)
+    init_ray(cfg)
+    workers = Workers.start(cfg, base_path, with_learner=False)
+    try:
+        if adapter_dir is not None:
+            weights = {k: v.cpu().numpy() for k, v in load_peft_weights(str(adapter_dir)).items()}
+            probe = next(iter(test.values()))[0][0]
+            ray.get([w.load_adapter.remote(weights, 0, (probe, probe[:1]), cfg.rollout.temperature) for w in workers.rollout])
+        return evaluate(workers, test, cfg, seed=cfg.run.seed)
+    finally:
+        workers.shutdown()
 
 
 def _rewards(workers, completions, items) -> list[float]:

@@ -46,7 +46,7 @@ def _start_reward_worker(cfg: Config):
 
 @dataclass
 class Workers:
-    learner: Any
+    learner: Any  # None for evaluation-only pools
     rollout: list[Any]
     reward: list[Any]
     start_reward_worker: Callable[[], Any]
@@ -55,12 +55,12 @@ class Workers:
     consensus_scorer: Any = None
 
     @classmethod
-    def start(cls, cfg: Config, model_path: str) -> "Workers":
+    def start(cls, cfg: Config, model_path: str, with_learner: bool = True) -> "Workers":
         lora = cfg.lora.model_dump()
         learner = ray.remote(Learner).options(
             num_cpus=cfg.trainer.cpus_per_learner, num_gpus=cfg.trainer.gpus_per_learner,
         ).remote(model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
-                 cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed)
+                 cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
         rollout = [
             ray.remote(RolloutWorker).options(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker).remote(
                 model_path, cfg.model.dtype, lora, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)

@@ -195,3 +195,25 @@ def test_resume_refuses_an_incompatible_checkpoint(ray_session, tiny_model_path,
     _run(tmp_path, "run", *common)
     with pytest.raises(CheckpointError, match="lora"):
         _run(tmp_path, "run", *common, "run.resume=auto", "lora.rank=4", "trainer.steps=3")
+
+
+def test_eval_and_export_of_a_finished_run(ray_session, tiny_model_path, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.cli import main
+
+    results, run_dir = _run(tmp_path, "done", "eval.before=false", "tracking.wandb=disabled", "trainer.lr=0.02")
+    assert main(["eval", str(run_dir), "eval.prompts_per_source=4", "eval.n_samples=2", "eval.k=[1,2]"]) == 0
+    saved = json.loads((run_dir / "eval_saved.json").read_text())
+    assert {s: m["greedy_acc"] for s, m in saved.items()} == {s: m["greedy_acc"] for s, m in results["after"].items()}
+
+    assert main(["export", str(run_dir), "--merged", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), str(run_dir / "final_adapter"))
+    prompts = torch.tensor([[30, 17, 34, 39, 13, 14, 15, 16, 42]])  # "rev abcd="
+    for model in (merged, adapted):
+        model.eval()
+    greedy = [m.generate(prompts, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=1) for m in (merged, adapted)]
+    assert torch.equal(greedy[0], greedy[1])
