@@ -210,6 +210,8 @@ class TrackingConfig(Section):
     run_name: str | None = None
     tags: list[str] = Field(default_factory=list)
     console_every: int = Field(1, gt=0)
+    samples_every: int = Field(10, ge=0, description="log a table of sample completions every k steps; 0 = never")
+    samples_per_table: int = Field(8, gt=0)
 
 
 class EvalConfig(Section):

@@ -42,7 +42,7 @@ class Tracker:
         self.console = Console(soft_wrap=True)
         if not self.console.is_terminal:  # logs and `ray job logs`: do not squeeze tables into 80 columns
             self.console.width = 160
-        self.every = cfg.tracking.console_every
+        self.every, self.run_dir = cfg.tracking.console_every, run_dir
         self.metrics_file = _open_log(run_dir / "metrics.jsonl", resume_step)
         self.eval_file = _open_log(run_dir / "eval.jsonl", resume_step)
         self.wandb = None
@@ -69,6 +69,29 @@ class Tracker:
         if step % self.every == 0:
             self.console.print(_step_line(row))
 
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sample completions with their reward components: samples.jsonl and a W&B table."""
+        with (self.run_dir / "samples.jsonl").open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        if self.wandb is not None and rows:
+            import wandb
+
+            columns = list(rows[0])
+            self.wandb.log({"samples": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}, step=step)
+
+    def log_final_eval(self, before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> None:
+        if self.wandb is None or not (before or after):
+            return
+        import wandb
+
+        metrics = list(next(iter((after or before).values())))
+        data = [[source, when, *[res[source].get(m) for m in metrics]]
+                for when, res in (("before", before), ("after", after)) for source in res]
+        self.wandb.log({"eval/final": wandb.Table(columns=["source", "when", *metrics], data=data)})
+        self.wandb.summary.update({f"eval/{when}/{s}/{m}": v for when, res in (("before", before), ("after", after))
+                                   for s, d in res.items() for m, v in d.items()})
+
     def log_eval(self, step: int, results: dict[str, dict[str, float]]) -> None:
         """Held-out results as eval/<metric>/<source> (one W&B panel per metric) and a console line."""
         flat = {f"eval/{m}/{s}": v for s, per in results.items() for m, v in per.items()}
@@ -81,10 +104,6 @@ class Tracker:
 
     def print(self, *things: Any) -> None:
         self.console.print(*things)
-
-    def summary(self, values: dict[str, Any]) -> None:
-        if self.wandb is not None:
-            self.wandb.summary.update(values)
 
     def close(self) -> None:
         self.metrics_file.close()

@@ -72,6 +72,8 @@ def train(cfg: Config) -> dict[str, Any]:
         metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
                    "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes}
         tracker.log(step, metrics)
+        if cfg.tracking.samples_every and step % cfg.tracking.samples_every == 0:
+            tracker.log_samples(step, _sample_rows(batch, _per_sample(advantages, batch), cfg.tracking.samples_per_table))
         reward_curve.append(metrics["reward/mean"])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
@@ -148,6 +150,14 @@ def _per_sample(advantages: list[float], batch: StepBatch) -> list[float]:
     return out
 
 
+def _sample_rows(batch: StepBatch, advantages: list[float], n: int) -> list[dict[str, Any]]:
+    """The first sample of the first n groups: prompt, completion, reward and its components."""
+    firsts = [i for i, c in enumerate(batch.completions) if i == 0 or batch.completions[i - 1].group_id != c.group_id][:n]
+    return [{"source": batch.sources[i], "prompt": batch.columns[i].get("prompt", ""), "completion": batch.completions[i].text,
+             "answer": str(batch.columns[i].get("answer", "")), "reward": batch.scores.total[i], "advantage": advantages[i],
+             "trained": batch.trained[i], **{f"reward/{k}": v[i] for k, v in batch.scores.components.items()}} for i in firsts]
+
+
 def _train_batch(cfg: Config, trained: list[Completion], advantages: list[float]) -> TrainBatch:
     truncated = [c.finish_reason == "length" and len(c.token_ids) >= cfg.rollout.max_new_tokens for c in trained]
     return TrainBatch(
@@ -216,7 +226,6 @@ def _finish(tracker: Tracker, run_dir: Path, before: dict, after: dict, reward_c
                      for m in metric_names]
             table.add_row(source, *cells)
         tracker.print(table)
-        tracker.summary({f"eval/{when}/{s}/{m}": v for when, res in (("before", before), ("after", after))
-                         for s, d in res.items() for m, v in d.items()})
+        tracker.log_final_eval(before, after)
     tracker.close()
     return results
