@@ -26,7 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="merge a run's final adapter into a full Hugging Face model")
     export.add_argument("run_dir")
     export.add_argument("--merged", required=True, help="output directory")
+    sub = commands.add_parser("submit", help="run a training job on a Ray cluster (ray job submit)")
+    sub.add_argument("config")
+    sub.add_argument("overrides", nargs="*")
+    sub.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / job API address")
+    sub.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming the logs")
     args = parser.parse_args(argv)
+    if args.command == "submit":
+        from pipeline.submit import submit
+
+        try:
+            status = submit(args.config, args.overrides, args.address, wait=not args.no_wait)
+        except ConfigError as err:
+            print(f"rlpost: {err}", file=sys.stderr)
+            return 2
+        return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
     if args.command == "eval":
         return _eval(args)
     if args.command == "export":

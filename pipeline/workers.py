@@ -22,8 +22,11 @@ class SyncError(RuntimeError):
 
 
 def init_ray(cfg: Config) -> None:
-    """Join the cluster at run.ray_address, or start a local Ray sized for this run's actors."""
+    """Join the cluster running this job, or the one at run.ray_address; else start a local Ray sized for the run."""
     if ray.is_initialized():
+        return
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS") and not cfg.run.ray_address:
+        ray.init(log_to_driver=True)  # a Ray job's driver: join the cluster it runs on, with the job's runtime env
         return
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}}
     if cfg.run.ray_address:

@@ -1,0 +1,43 @@
+"""`rlpost submit`: send a training run to a Ray cluster as a Ray job, stream its logs, wait for it.
+
+The job's working directory is this checkout (without virtual environments, runs and VCS data);
+its driver joins the cluster that runs it (RAY_ADDRESS is set by Ray) instead of starting a Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import load_config
+
+EXCLUDES = [".venv", "venv", "runs", "wandb", ".git", "__pycache__", "*.egg-info", ".whl"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def submit(config: str, overrides: list[str], address: str, wait: bool = True) -> str:
+    """Submit `rlpost train CONFIG overrides` as a Ray job; returns its final (or current) status."""
+    from ray.job_submission import JobSubmissionClient
+
+    cfg = load_config(config, overrides)  # a bad config fails here, before anything is sent
+    run_dir = Path(cfg.run.dir).expanduser().resolve()  # the job runs in a copy of the checkout elsewhere
+    args = [*[o for o in overrides if not o.startswith("run.dir=")], f"run.dir={run_dir}"]
+    entrypoint = shlex.join(["python", "-m", "pipeline", "train", config, *args])
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": EXCLUDES})
+    print(f"submitted {job_id} to {address}: {entrypoint}\nrun directory: {run_dir}", flush=True)
+    if not wait:
+        return str(client.get_job_status(job_id))
+    asyncio.run(_stream_logs(client, job_id))
+    while (status := str(client.get_job_status(job_id)).split(".")[-1]) not in TERMINAL:
+        time.sleep(1)
+    print(f"job {job_id}: {status}", flush=True)
+    return status
+
+
+async def _stream_logs(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        sys.stdout.write(lines)
+        sys.stdout.flush()
