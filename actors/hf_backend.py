@@ -15,7 +15,7 @@ class HFEngine:
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_policy(model_path, dtype, lora, self.device).eval()
 
-    def load_adapter(self, adapter: dict[str, Any]) -> None:
+    def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.model, {k: torch.tensor(v) for k, v in adapter.items()})
@@ -67,11 +67,6 @@ class HFEngine:
             ids[i, width - len(row) :] = torch.tensor(row)
             attention[i, width - len(row) :] = 1
         return ids.to(self.device), attention.to(self.device)
-
-    def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
-        """log P(continuation | prompt) summed over the continuation's tokens (temperature 1)."""
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return [sum(row) for row in self.sequence_logprobs([encode(p) for p in prompts], [encode(c) for c in continuations], 1.0)]
 
     @torch.no_grad()
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:

@@ -117,9 +117,10 @@ class Learner:
         return {k: v.detach().cpu().numpy() for k, v in get_peft_model_state_dict(self.model).items()}
 
     @torch.no_grad()
-    def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+    def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float | None = None) -> list[list[float]]:
+        """Per-token log-probs of given completions, at the rollout temperature unless one is given."""
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
-        return unpad(token_logprobs(self.model, ids, attention, self.temperature)[0], mask)
+        return unpad(token_logprobs(self.model, ids, attention, temperature or self.temperature)[0], mask)
 
     def save(self, directory: str) -> None:
         """Adapter in peft format plus optimizer, scheduler and RNG state, for exact resume."""

@@ -1,38 +1,51 @@
 """RolloutWorker: generates completions with a named backend and tracks the adapter version."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 from actors.policy_model import set_threads
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 
-BACKENDS = {"hf": "actors.hf_backend:HFEngine"}
+BACKENDS = {"hf": "actors.hf_backend:HFEngine", "vllm": "actors.vllm_backend:VLLMEngine"}
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` = vllm when it can be imported here, else hf."""
+    if name != "auto":
+        return name
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
 def make_engine(backend: str, **kwargs: Any):
-    import importlib
-
-    module, _, cls = BACKENDS[backend].partition(":")
+    module, _, cls = BACKENDS[resolve_backend(backend)].partition(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, backend: str, cpus: float, gpus: float):
+    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, backend: str, cpus: float, gpus: float,
+                 engine_options: dict[str, Any] | None = None):
         set_threads(cpus)
-        self.engine = make_engine(backend, model_path=model_path, dtype=dtype, lora=lora, gpus=gpus)
+        self.backend = resolve_backend(backend)
+        self.engine = make_engine(self.backend, model_path=model_path, dtype=dtype, lora=lora, gpus=gpus,
+                                  **(engine_options or {}))
         self.version = -1
 
-    def load_adapter(self, adapter: dict[str, Any], version: int, probe: tuple[list[int], list[int]], temperature: float) -> list[float]:
-        """Install adapter `version`; return the probe completion's log-probs so the driver can verify it."""
-        self.engine.load_adapter(adapter)
+    def load_adapter(self, adapter: dict[str, Any], version: int, probe: tuple[list[int], list[int]]) -> list[float]:
+        """Install adapter `version`; return the probe completion's log-probs (temperature 1) for verification."""
+        self.engine.load_adapter(adapter, version)
         self.version = version
-        return self.engine.sequence_logprobs([probe[0]], [probe[1]], temperature)[0]
+        return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompts, sampling, self.version)
 
     def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
-        return self.engine.score_texts(prompts, continuations)
+        """log P(continuation | prompt) summed over the continuation's tokens (temperature 1)."""
+        encode = lambda text: self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        rows = self.engine.sequence_logprobs([encode(p) for p in prompts], [encode(c) for c in continuations], 1.0)
+        return [sum(row) for row in rows]
 
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         return self.engine.sequence_logprobs(prompts, completions, temperature)

@@ -82,7 +82,7 @@ def main() -> None:
     learner.update(batch)  # warm-up
     train_times, metrics = timed(lambda: learner.update(batch), args.repeats)
 
-    engine.load_adapter(learner.adapter_state())
+    engine.load_adapter(learner.adapter_state(), 1)
     probe = (completions[0].prompt_ids, completions[0].token_ids)
     rollout_lp = engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
     learner_lp = learner.sequence_logprobs([probe[0]], [probe[1]])[0]

@@ -55,7 +55,9 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    backend: Literal["hf"] = Field("hf", description="rollout engine")
+    backend: Literal["hf", "vllm", "auto"] = Field("hf", description="rollout engine; auto = vllm when installed")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vllm on a GPU: share of its memory for the engine")
+    max_model_len: int | None = Field(None, gt=0, description="vllm: context length (empty = the model's)")
     n: int = Field(8, ge=1, description="completions per prompt (group size G)")
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)

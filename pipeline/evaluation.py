@@ -56,7 +56,7 @@ def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dic
         if adapter_dir is not None:
             weights = {k: v.cpu().numpy() for k, v in load_peft_weights(str(adapter_dir)).items()}
             probe = next(iter(test.values()))[0][0]
-            ray.get([w.load_adapter.remote(weights, 0, (probe, probe[:1]), cfg.rollout.temperature) for w in workers.rollout])
+            ray.get([w.load_adapter.remote(weights, 0, (probe, probe[:1])) for w in workers.rollout])
         return evaluate(workers, test, cfg, seed=cfg.run.seed)
     finally:
         workers.shutdown()

