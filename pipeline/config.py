@@ -23,11 +23,11 @@ class Section(BaseModel):
 class TinyModelConfig(Section):
     """Recipe of the built-in tiny model (built on the fly, cached by a hash of this recipe)."""
 
-    hidden_size: int = Field(96, gt=0)
+    hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0, description="head size = hidden_size / num_heads (32 here, which the CPU vLLM kernels support)")
     max_positions: int = Field(128, gt=0, description="context length of the built model")
-    sft_steps: int = Field(300, ge=0, description="supervised warm-up steps before RL")
+    sft_steps: int = Field(250, ge=0, description="supervised warm-up steps before RL")
     sft_batch_size: int = Field(64, gt=0)
     sft_lr: float = Field(3e-3, gt=0)
     cache_dir: str = Field("~/.cache/rlpost", description="where built tiny models are cached")
@@ -182,7 +182,7 @@ class TrainerConfig(Section):
     prompts_per_step: int = Field(16, gt=0, description="prompts per step (B); samples = B * rollout.n")
     minibatch_size: int = Field(64, gt=0, description="samples per optimizer step")
     micro_batch_size: int = Field(64, gt=0, description="samples per forward/backward (gradient accumulation)")
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, in optimizer steps")
     grad_clip: float = Field(1.0, gt=0)

@@ -34,7 +34,7 @@ def init_ray(cfg: Config) -> None:
         return
     wanted = (cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.reward.num_workers * cfg.reward.cpus_per_worker
               + cfg.trainer.cpus_per_learner)
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False, runtime_env=env,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False, runtime_env=env,
              log_to_driver=True, configure_logging=False)
 
 
