@@ -42,12 +42,13 @@ class Learner:
         old = self._logprobs_no_grad(ids, attention)  # pi_old recomputed here: the ratio is exactly 1 at first
         kl_in_loss = self.algo["kl_coef"] > 0 and self.algo["kl_in"] == "loss"
         ref = self._logprobs_no_grad(ids, attention, adapter=False) if kl_in_loss else None
+        weights = self._tis_weights(old, behaviour_mask, batch.behaviour_logprobs)
         metrics: dict[str, list[float]] = {}
         for _ in range(self.algo["ppo_epochs"]):
             order = torch.randperm(len(ids), generator=self.shuffle)
             for mb in order.split(self.trainer["minibatch_size"]):
                 step_metrics = self._optimizer_step(ids[mb], attention[mb], mask[mb], advantages[mb], old[mb],
-                                                    None if ref is None else ref[mb])
+                                                    None if ref is None else ref[mb], weights[mb])
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
@@ -62,7 +63,16 @@ class Learner:
                                    self.algo["kl_type"])
         return (kl * mask).sum(-1).tolist()
 
-    def _optimizer_step(self, ids, attention, mask, advantages, old, ref) -> dict[str, float]:
+    def _tis_weights(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]]) -> torch.Tensor:
+        """Per-token min(pi_learner / pi_rollout, cap) with algorithm.tis_cap, else ones."""
+        weights = torch.ones_like(old)
+        if self.algo["tis_cap"] and behaviour:
+            rollout = torch.zeros_like(old)
+            rollout[mask.bool()] = torch.tensor([v for row in behaviour for v in row], dtype=old.dtype, device=old.device)
+            weights = torch.where(mask.bool(), torch.exp(old - rollout).clamp(max=self.algo["tis_cap"]), weights)
+        return weights
+
+    def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights) -> dict[str, float]:
         totals = dict(total_tokens=max(mask.sum().item(), 1.0), total_seqs=float(len(ids)), max_len=float(self.max_new_tokens))
         aggregate = core_algos.LOSS_AGGREGATIONS[self.algo["loss_agg_mode"]]
         self.optimizer.zero_grad(set_to_none=True)
@@ -73,6 +83,7 @@ class Learner:
             m = mask[micro]
             pg, info = core_algos.clipped_policy_loss(
                 logp, old[micro], advantages[micro], self.algo["clip_eps_low"], self.algo["clip_eps_high"], self.algo["dual_clip_c"])
+            pg = pg * weights[micro]
             per_token = pg
             if ref is not None:
                 kl = core_algos.kl_penalty(logp, ref[micro], self.algo["kl_type"])

@@ -150,6 +150,8 @@ class AlgorithmConfig(Section):
     kl_type: KLType = "k3"
     kl_in: Literal["loss", "reward"] = Field("loss", description="where the KL to the reference goes")
     loss_agg_mode: LossAggMode = "token-mean"
+    tis_cap: float | None = Field(None, gt=0, description="truncated importance sampling: weight tokens by "
+                                  "min(pi_learner / pi_rollout, cap) to correct the rollout engine's mismatch; empty = off")
     ppo_epochs: int = Field(1, ge=1, description="passes over each batch (mu)")
     filter_groups: bool = Field(False, description="drop groups whose filter_metric is equal for every sample")
     filter_metric: Literal["acc", "score"] = "acc"

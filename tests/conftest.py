@@ -31,7 +31,7 @@ def ray_session():
     """One local Ray for the whole session (starting Ray costs seconds)."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False,
+    ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield
     ray.shutdown()

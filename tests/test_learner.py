@@ -54,3 +54,18 @@ def test_overlong_filtering_masks_the_loss_of_truncated_samples(tiny_model_path)
     before = _lora_params(masked)
     masked.update(batch)
     assert all(torch.equal(a, b) for a, b in zip(before, _lora_params(masked)))
+
+
+def test_truncated_importance_sampling_reweights_tokens_by_the_rollout_gap(tiny_model_path):
+    plain = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    capped = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    capped.algo["tis_cap"] = 2.0
+    batch = _batch()
+    exact = plain.sequence_logprobs(batch.prompt_ids, batch.completion_ids)
+    batch.behaviour_logprobs = exact  # rollout = learner: every weight is 1, the update is unchanged
+    for learner in (plain, capped):
+        learner.update(batch)
+    for a, b in zip(_first_moments(plain), _first_moments(capped)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
+    weights = capped._tis_weights(torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), [[-2.0, 1.0]])
+    assert weights.tolist() == [[2.0, pytest.approx(0.3679, abs=1e-4), 1.0]]  # min(e^2, 2), e^-1, padding

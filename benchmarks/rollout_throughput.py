@@ -1,0 +1,96 @@
+"""Rollout throughput: bare vLLM vs the rlpost RolloutWorker (vllm backend) vs the hf backend.
+
+    python benchmarks/rollout_throughput.py [--prompts 64 --n 8 --new-tokens 8 --repeats 3] [--model PATH]
+
+Same prompts and sampling settings through (a) `vllm.LLM.generate`, (b) RolloutWorker(backend=vllm),
+(c) RolloutWorker(backend=hf), all in this process on the same model. Prints generated tokens/s,
+the ratios b/a (wrapper overhead) and b/c, and the time and size of one verified adapter sync.
+Writes benchmarks/results/rollout_throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from actors.learner import Learner  # noqa: E402
+from actors.rollout import RolloutWorker  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.records import PromptSpec, SamplingSpec  # noqa: E402
+from pipeline.tasks import generate_split  # noqa: E402
+from pipeline.tiny_model import ensure_tiny_model  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--out", default="benchmarks/results/rollout_throughput.json")
+    args = parser.parse_args()
+
+    cfg = load_config("configs/debug_cpu.yaml", [f"model.path={args.model}"] if args.model else [])
+    path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
+    lora = cfg.lora.model_dump()
+    hf = RolloutWorker(path, "float32", lora, "hf", cpus=os.cpu_count() or 1, gpus=0)
+    ours = RolloutWorker(path, "float32", lora, "vllm", cpus=os.cpu_count() or 1, gpus=0)
+    texts = [p for p, _ in generate_split("sort_6", args.prompts, 0, seed=0)[0]]
+    prompts = [PromptSpec(i, hf.engine.tokenizer(t, add_special_tokens=False)["input_ids"]) for i, t in enumerate(texts)]
+    sampling = SamplingSpec(n=args.n, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
+
+    from vllm import SamplingParams
+
+    bare = ours.engine.llm  # the same engine object, driven directly: the baseline without rlpost's code
+    params = SamplingParams(n=args.n, temperature=1.0, max_tokens=args.new_tokens, seed=0, logprobs=0)
+    inputs = [{"prompt_token_ids": p.prompt_ids} for p in prompts]
+    bare_s, bare_out = median_time(lambda: bare.generate(inputs, params, use_tqdm=False), args.repeats)
+    bare_tokens = sum(len(o.token_ids) for r in bare_out for o in r.outputs)
+    rows = {"a_bare_vllm": (bare_s, bare_tokens)}
+    for name, worker in (("b_rlpost_vllm", ours), ("c_rlpost_hf", hf)):
+        seconds, out = median_time(lambda w=worker: w.generate(prompts, sampling), args.repeats)
+        rows[name] = (seconds, sum(len(c.token_ids) for c in out))
+
+    learner = Learner(path, "float32", lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(), 1.0, args.new_tokens, 0)
+    adapter = learner.adapter_state()
+    probe = (prompts[0].prompt_ids, prompts[0].prompt_ids[:4])
+    sync_s, _ = median_time(lambda: ours.load_adapter(adapter, int(time.time() * 1000) % 10**6, probe), args.repeats)
+
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "model": path,
+              "samples": args.prompts * args.n, "max_new_tokens": args.new_tokens,
+              "tokens_per_s": {k: t / s for k, (s, t) in rows.items()}, "seconds": {k: s for k, (s, _) in rows.items()},
+              "adapter_sync_s": sync_s, "adapter_bytes": sum(v.nbytes for v in adapter.values())}
+    tps = result["tokens_per_s"]
+    result["ratio_b_over_a"] = tps["b_rlpost_vllm"] / tps["a_bare_vllm"]
+    result["ratio_b_over_c"] = tps["b_rlpost_vllm"] / tps["c_rlpost_hf"]
+    print(f"{'engine':<16}{'seconds':>10}{'tokens/s':>12}")
+    for name, (seconds, tokens) in rows.items():
+        print(f"{name:<16}{seconds:>10.3f}{tokens / seconds:>12.0f}")
+    print(f"b/a = {result['ratio_b_over_a']:.2f}   b/c = {result['ratio_b_over_c']:.2f}")
+    print(f"adapter sync (write + load + verify probe): {sync_s * 1000:.0f} ms for {result['adapter_bytes'] / 1e6:.2f} MB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
