@@ -64,7 +64,8 @@ def train(cfg: Config) -> dict[str, Any]:
         trained = [batch.completions[i] for i in trained_indices(batch)]
         kl = workers.reference_kl(trained) if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None
         advantages, shaping = compute_advantages(cfg, batch, kl)
-        sampler.update(batch.sources, _per_sample(advantages, batch))  # dropped groups count as |A| = 0
+        per_sample = _per_sample(advantages, batch)
+        sampler.update(batch.sources, per_sample)  # dropped groups count as |A| = 0
         with timer("train"):
             train_metrics = workers.update(_train_batch(cfg, trained, advantages)) if trained else {"skipped": 1.0}
         with timer("sync"):
@@ -73,7 +74,7 @@ def train(cfg: Config) -> dict[str, Any]:
                    "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes}
         tracker.log(step, metrics)
         if cfg.tracking.samples_every and step % cfg.tracking.samples_every == 0:
-            tracker.log_samples(step, _sample_rows(batch, _per_sample(advantages, batch), cfg.tracking.samples_per_table))
+            tracker.log_samples(step, _sample_rows(batch, per_sample, cfg.tracking.samples_per_table))
         reward_curve.append(metrics["reward/mean"])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
