@@ -28,10 +28,10 @@ def tiny_model_path() -> str:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole session (starting Ray costs seconds)."""
+    """One local Ray for the whole session (starting Ray costs seconds), with two fake GPUs for placement tests."""
     import ray
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False,
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield
     ray.shutdown()

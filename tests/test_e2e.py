@@ -34,7 +34,8 @@ def test_three_step_run_writes_metrics_adapter_checkpoint_and_wandb(ray_session,
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ("reward/mean", "time/step", "time/generate", "time/score", "time/train", "time/sync", "throughput/gen_tokens_per_s"):
         assert all(key in r for r in rows), key
-    assert any(k.startswith("reward/") and k.split("/")[1] in ("reverse_4", "sort_4", "count_8", "add_2d") for k in rows[0])
+    sources = set(load_config("configs/debug_cpu.yaml").data.sources)
+    assert any(k.startswith("reward/") and k.split("/")[1] in sources for k in rows[0])
     # the plug-in raised on odd-length completions: scored 0, counted, and the run went on
     assert sum(r["scoring/errors"] for r in rows) > 0
     assert all(r["train/logprob_gap_max"] < 1e-3 for r in rows)  # rollout and learner agree: the sync worked
@@ -45,7 +46,7 @@ def test_three_step_run_writes_metrics_adapter_checkpoint_and_wandb(ray_session,
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # initialised at zero: the adapter was trained
     assert (run_dir / "checkpoints" / "step_000002" / "adapter" / "adapter_model.safetensors").exists()
-    assert (run_dir / "config.yaml").exists() and set(results["after"]) == {"reverse_4", "sort_4", "count_8", "add_2d"}
+    assert (run_dir / "config.yaml").exists() and set(results["after"]) == sources
     offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1
     records = offline[0].read_bytes()  # protobuf records: metric names and table keys are stored as plain strings
@@ -223,3 +224,19 @@ def test_eval_and_export_of_a_finished_run(ray_session, tiny_model_path, tmp_pat
         model.eval()
     greedy = [m.generate(prompts, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=1) for m in (merged, adapted)]
     assert torch.equal(greedy[0], greedy[1])
+
+
+def test_single_gpu_config_places_learner_and_rollout_on_one_gpu(ray_session, tiny_model_path):
+    import ray
+
+    from pipeline.workers import Workers
+
+    cfg = load_config("configs/single_gpu.yaml", [f"model.path={tiny_model_path}", "rollout.backend=hf", "model.dtype=float32",
+                                                  "rollout.cpus_per_worker=1", "trainer.cpus_per_learner=1"])
+    workers = Workers.start(cfg, tiny_model_path)
+    try:
+        gpu_of = lambda actor: ray.get(actor.__ray_call__.remote(  # noqa: E731
+            lambda _: ray.get_runtime_context().get_accelerator_ids()["GPU"]))
+        assert gpu_of(workers.learner) == gpu_of(workers.rollout[0]) and len(gpu_of(workers.learner)) == 1
+    finally:
+        workers.shutdown()
