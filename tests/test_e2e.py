@@ -240,3 +240,19 @@ def test_single_gpu_config_places_learner_and_rollout_on_one_gpu(ray_session, ti
         assert gpu_of(workers.learner) == gpu_of(workers.rollout[0]) and len(gpu_of(workers.learner)) == 1
     finally:
         workers.shutdown()
+
+
+def test_an_external_model_directory_and_jsonl_data_from_the_command_line(ray_session, tiny_model_path, tmp_path):
+    from pipeline.tasks import generate_split
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": a, "source": "mine", "level": 1}) + "\n"
+                            for p, a in generate_split("sort_4", 60, 0, seed=5)[0]))
+    results, run_dir = _run(tmp_path, "external", f"model.path={tiny_model_path}", f"data.files=[{data}]",
+                            "rollout.n=2", "trainer.prompts_per_step=3", "rollout.max_new_tokens=6", "trainer.lr=5e-4",
+                            "lora.rank=4", "lora.alpha=8", "algorithm.kl_coef=0.01", "trainer.steps=2", "run.seed=3",
+                            "tracking.wandb=disabled")
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2] and "reward/mine" in rows[0] and rows[0]["train/kl"] >= 0
+    assert set(results["after"]) == {"mine"}  # a test split was held out of the file
+    assert json.loads((run_dir / "final_adapter" / "adapter_config.json").read_text())["r"] == 4
