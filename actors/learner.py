@@ -1,6 +1,7 @@
 """LearnerWorker: the LoRA policy, its optimizer, and the clipped GRPO-family update."""
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -52,6 +53,8 @@ class Learner:
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+        summary["skipped_steps"] = float(sum(metrics["skipped_steps"]))
+        summary["all_skipped"] = float(all(metrics["skipped_steps"]))
         summary.update(self._behaviour_gap(old, behaviour_mask, batch.behaviour_logprobs))
         return summary
 
@@ -95,11 +98,16 @@ class Learner:
             sums["pg_loss"] += (pg.detach() * m).sum().item() / tokens
             sums["clipfrac"] += (info["clipped"] * m).sum().item() / tokens
             sums["entropy"] += (entropy * m).sum().item() / tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], self.trainer["grad_clip"])
-        self.optimizer.step()
-        self.scheduler.step()
-        return {**sums, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.trainer["grad_clip"]))
+        threshold = self.trainer["grad_skip_thresh"]
+        skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])) or (threshold is not None and grad_norm >= threshold)
+        if skipped:  # never train on garbage: the weights and the optimizer state stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+        return {**sums, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped_steps": float(skipped)}
 
     @torch.no_grad()
     def _logprobs_no_grad(self, ids, attention, adapter: bool = True) -> torch.Tensor:

@@ -188,6 +188,9 @@ class TrainerConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, in optimizer steps")
     grad_clip: float = Field(1.0, gt=0)
+    grad_skip_thresh: float | None = Field(None, gt=0, description="skip an optimizer step whose gradient norm is >= this "
+                                           "(non-finite norms are always skipped); the unlikeliness recipe uses 20")
+    max_consecutive_skips: int = Field(10, ge=1, description="stop the run after this many skipped updates in a row")
     cpus_per_learner: float = Field(1.0, gt=0)
     gpus_per_learner: float = Field(0.0, ge=0)
 

@@ -30,8 +30,12 @@ from pipeline.tiny_model import ensure_tiny_model
 from pipeline.tracking import PhaseTimer, Tracker
 from pipeline.workers import SyncError, Workers, init_ray
 
+class TrainingDiverged(RuntimeError):
+    pass
+
+
 # Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
-USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError)
+USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged)
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 
@@ -44,6 +48,13 @@ def train(cfg: Config) -> dict[str, Any]:
     sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
     init_ray(cfg)
     workers = Workers.start(cfg, model_path)
+    try:
+        return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts)
+    finally:
+        workers.shutdown()  # also when the run stops on an error: no actor outlives it
+
+
+def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts) -> dict[str, Any]:
     state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
     if cfg.run.resume:
         state = load_checkpoint(find_checkpoint(run_dir, cfg.run.resume), workers.learner, cfg)
@@ -57,7 +68,7 @@ def train(cfg: Config) -> dict[str, Any]:
     def sample_prompts(n: int) -> list[tuple[str, list[int], dict]]:
         return [(s, *train_prompts[s][i]) for s, i in sampler.sample(n)]
 
-    timer, reward_curve = PhaseTimer(), state["reward_curve"]
+    timer, reward_curve, consecutive_skips = PhaseTimer(), state["reward_curve"], 0
     for step in range(state["step"] + 1, cfg.trainer.steps + 1):
         step_start = time.perf_counter()
         batch = collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step), timer)
@@ -68,6 +79,10 @@ def train(cfg: Config) -> dict[str, Any]:
         sampler.update(batch.sources, per_sample)  # dropped groups count as |A| = 0
         with timer("train"):
             train_metrics = workers.update(_train_batch(cfg, trained, advantages)) if trained else {"skipped": 1.0}
+        consecutive_skips = consecutive_skips + 1 if train_metrics.get("all_skipped") else 0
+        if consecutive_skips >= cfg.trainer.max_consecutive_skips:
+            raise TrainingDiverged(f"{consecutive_skips} updates in a row were skipped (non-finite loss or gradient norm, or "
+                                   f"norm >= trainer.grad_skip_thresh); stopping instead of training on garbage")
         with timer("sync"):
             adapter_bytes = workers.sync_adapter(step, probe)
         metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
@@ -85,9 +100,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     after = _evaluate(workers, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
     ray.get(workers.learner.save_adapter.remote(str(run_dir / "final_adapter")))
-    results = _finish(tracker, run_dir, state["before"], after, reward_curve)
-    workers.shutdown()
-    return results
+    return _finish(tracker, run_dir, state["before"], after, reward_curve)
 
 
 # --- the helpers the loop calls, in the order it calls them ------------------------------------

@@ -256,3 +256,11 @@ def test_an_external_model_directory_and_jsonl_data_from_the_command_line(ray_se
     assert [r["step"] for r in rows] == [1, 2] and "reward/mine" in rows[0] and rows[0]["train/kl"] >= 0
     assert set(results["after"]) == {"mine"}  # a test split was held out of the file
     assert json.loads((run_dir / "final_adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_too_many_skipped_updates_stop_the_run_with_a_clear_message(ray_session, tiny_model_path, tmp_path):
+    from pipeline.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="2 updates in a row were skipped"):
+        _run(tmp_path, "diverged", "trainer.grad_skip_thresh=1e-9", "trainer.max_consecutive_skips=2",
+             "eval.before=false", "tracking.wandb=disabled")

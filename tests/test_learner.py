@@ -69,3 +69,21 @@ def test_truncated_importance_sampling_reweights_tokens_by_the_rollout_gap(tiny_
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
     weights = capped._tis_weights(torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), [[-2.0, 1.0]])
     assert weights.tolist() == [[2.0, pytest.approx(0.3679, abs=1e-4), 1.0]]  # min(e^2, 2), e^-1, padding
+
+
+def test_a_gradient_norm_over_the_threshold_skips_the_step(tiny_model_path):
+    learner = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12, grad_skip_thresh=1e-9)
+    before = _lora_params(learner)
+    metrics = learner.update(_batch())
+    assert metrics["skipped_steps"] == 1.0 and metrics["all_skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, _lora_params(learner)))
+
+
+def test_a_non_finite_loss_skips_the_step(tiny_model_path):
+    learner = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    batch = _batch()
+    batch.advantages = [float("nan")] + [1.0] * 11  # one poisoned sample poisons the mini-batch's loss
+    before = _lora_params(learner)
+    metrics = learner.update(batch)
+    assert metrics["skipped_steps"] == 1.0 and metrics["all_skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, _lora_params(learner)))
