@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         run_training(cfg)
     except USER_ERRORS as err:
         print(f"rlpost: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+        return 130 if type(err).__name__ == "RunInterrupted" else 1
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,8 +35,30 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class RunInterrupted(RuntimeError):
+    """SIGTERM or Ctrl-C: the step in flight finished, a checkpoint was written, the actors stop."""
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between steps (restored on exit)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __enter__(self) -> "StopRequest":
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 # Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
-USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged)
+USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged, RunInterrupted)
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 
@@ -49,12 +72,13 @@ def train(cfg: Config) -> dict[str, Any]:
     init_ray(cfg)
     workers = Workers.start(cfg, model_path)
     try:
-        return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts)
+        with StopRequest() as stop:
+            return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, stop)
     finally:
         workers.shutdown()  # also when the run stops on an error: no actor outlives it
 
 
-def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, stop: StopRequest) -> dict[str, Any]:
     state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
     if cfg.run.resume:
         state = load_checkpoint(find_checkpoint(run_dir, cfg.run.resume), workers.learner, cfg)
@@ -93,10 +117,14 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
         reward_curve.append(metrics["reward/mean"])
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
             _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
-        if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
+        if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or stop.signal:
             driver_state = {"step": step, "sampler": sampler.state_dict(), "reward_curve": reward_curve,
                             "before": state["before"], "wandb_id": tracker.wandb_id}
-            save_checkpoint(run_dir, step, workers.learner, driver_state, cfg, cfg.run.keep_last)
+            path = save_checkpoint(run_dir, step, workers.learner, driver_state, cfg, cfg.run.keep_last)
+        if stop.signal:
+            tracker.close()
+            raise RunInterrupted(f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path} "
+                                 "(continue with resume=auto)")
 
     after = _evaluate(workers, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
     ray.get(workers.learner.save_adapter.remote(str(run_dir / "final_adapter")))

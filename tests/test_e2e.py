@@ -264,3 +264,35 @@ def test_too_many_skipped_updates_stop_the_run_with_a_clear_message(ray_session,
     with pytest.raises(TrainingDiverged, match="2 updates in a row were skipped"):
         _run(tmp_path, "diverged", "trainer.grad_skip_thresh=1e-9", "trainer.max_consecutive_skips=2",
              "eval.before=false", "tracking.wandb=disabled")
+
+
+def test_sigterm_checkpoints_the_current_step_and_stops_every_process(tiny_model_path, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "terminated"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "configs/debug_cpu.yaml", *SMALL, "trainer.steps=500",
+                             "run.checkpoint_every=0", "eval.before=false", "tracking.wandb=disabled", f"run.dir={run_dir}"],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists()
+                                              and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, output[-2000:]
+        assert "stopped by SIGTERM after step" in output
+        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+        assert (run_dir / "checkpoints" / f"step_{last:06d}" / "meta.json").exists()  # resumable from the last step
+        time.sleep(2)
+        with pytest.raises(ProcessLookupError):  # the driver's Ray and actors are gone too
+            os.killpg(proc.pid, 0)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
