@@ -82,7 +82,7 @@ def report_curriculum(result: dict) -> None:
     print(f"{'source':<10}" + "".join(f"{arm:>26}" for arm in result["curves"]))
     for source in result["sources"]:
         cells = []
-        for arm, by_seed in result["curves"].items():
+        for by_seed in result["curves"].values():
             final = [c["acc"][source][-1] for c in by_seed.values()]
             area = [np.mean(c["acc"][source]) for c in by_seed.values()]
             cells.append(f"{np.mean(final):.2f}±{np.std(final):.2f} ({np.mean(area):.2f}±{np.std(area):.2f})")
