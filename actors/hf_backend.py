@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from actors.policy_model import load_policy, load_tokenizer, pad_sequences, pick_device, token_logprobs, unpad
+from actors.policy_model import load_policy, load_tokenizer, pad_sequences, pick_device, reshape_lora, token_logprobs, unpad
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 
 
@@ -13,7 +13,11 @@ class HFEngine:
     def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, gpus: float):
         self.device = pick_device(gpus)
         self.tokenizer = load_tokenizer(model_path)
-        self.model = load_policy(model_path, dtype, lora, self.device).eval()
+        self.lora = lora
+        self.model = load_policy(model_path, dtype, None if lora is None else {**lora, "init": "default"}, self.device).eval()
+
+    def reshape_lora(self, layout: dict[str, Any]) -> None:
+        self.model = reshape_lora(self.model, self.lora, layout).to(self.device).eval()
 
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
         from peft import set_peft_model_state_dict

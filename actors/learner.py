@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.policy_model import load_policy, load_tokenizer, pad_sequences, pick_device, set_threads, token_logprobs, unpad
+from actors.policy_model import (initialize_eva, layout_of, load_policy, load_tokenizer, pad_sequences, pick_device,
+                                 reshape_lora, set_threads, token_logprobs, unpad)
 from pipeline import core_algos
 from pipeline.records import TrainBatch
 
@@ -23,13 +24,23 @@ class Learner:
         self.device = pick_device(trainer["gpus_per_learner"])
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_policy(model_path, dtype, lora, self.device)
-        self.algo, self.trainer = algorithm, trainer
+        self.lora, self.algo, self.trainer = lora, algorithm, trainer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=trainer["lr"], weight_decay=trainer["weight_decay"])
-        warmup = trainer["warmup_steps"]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        self._build_optimizer()
         self.shuffle = torch.Generator().manual_seed(seed)
+
+    def _build_optimizer(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.trainer["lr"], weight_decay=self.trainer["weight_decay"])
+        warmup = self.trainer["warmup_steps"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+
+    def init_eva(self, sequences: list[list[int]]) -> dict[str, Any]:
+        """EVA initialisation from prompt+rollout token sequences; returns the per-layer LoRA layout."""
+        layout = initialize_eva(self.model, sequences, self.tokenizer.pad_token_id, batch_size=16,
+                                max_steps=self.lora["eva_max_steps"])
+        self._build_optimizer()  # EVA replaced the adapter's parameters
+        return layout
 
     # --- the update ------------------------------------------------------------------------
 
@@ -160,6 +171,9 @@ class Learner:
         from peft.utils import load_peft_weights
 
         path = Path(directory)
+        if self.lora.get("init") == "eva":  # take the saved per-layer shape before loading the weights
+            self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device)
+            self._build_optimizer()
         set_peft_model_state_dict(self.model, load_peft_weights(str(path / "adapter"), device=str(self.device)))
         state = torch.load(path / "learner_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])

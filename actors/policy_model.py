@@ -35,7 +35,7 @@ def load_tokenizer(model_path: str):
 
 def load_policy(model_path: str, dtype: str, lora: dict[str, Any] | None, device: torch.device):
     """The base causal LM wrapped with a fresh LoRA adapter (weights come from the learner); lora=None: the bare LM."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (Path(model_path) / "config.json").exists():
@@ -47,11 +47,69 @@ def load_policy(model_path: str, dtype: str, lora: dict[str, Any] | None, device
         raise ModelLoadError(f"model.path={model_path!r} ({config.model_type}) is not a causal LM: {err}") from None
     if lora is None:
         return base.to(device)
-    peft_config = LoraConfig(
-        r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-        target_modules=lora["target_modules"], task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, peft_config).to(device)
+    if lora.get("init") == "eva":  # lora_A is filled in later by `initialize_eva` (it stays on the meta device until then)
+        from peft import EvaConfig
+
+        eva = EvaConfig(rho=lora["eva_rho"], tau=lora["eva_tau"], use_label_mask=False)  # RL batches have no labels
+        return get_peft_model(base.to(device), lora_config(lora, init_lora_weights="eva", eva_config=eva), low_cpu_mem_usage=True)
+    return get_peft_model(base, lora_config(lora)).to(device)
+
+
+def lora_config(lora: dict[str, Any], **extra: Any):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], task_type="CAUSAL_LM", **extra)
+
+
+def reshape_lora(model, lora: dict[str, Any], layout: dict[str, Any]):
+    """The same base model with a fresh adapter of the given per-layer shape (EVA's rank pattern)."""
+    from peft import get_peft_model
+
+    base = model.unload()
+    shaped = dict(lora, target_modules=layout["target_modules"])
+    return get_peft_model(base, lora_config(shaped, rank_pattern=layout["rank_pattern"], alpha_pattern=layout["alpha_pattern"]))
+
+
+def layout_of(adapter_dir) -> dict[str, Any]:
+    """The per-layer LoRA layout stored in a saved adapter's adapter_config.json."""
+    import json
+
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return {"target_modules": sorted(config["target_modules"]), "rank_pattern": config.get("rank_pattern") or {},
+            "alpha_pattern": config.get("alpha_pattern") or {}}
+
+
+def lora_layout(peft_config) -> dict[str, Any]:
+    return {"target_modules": sorted(peft_config.target_modules), "rank_pattern": dict(peft_config.rank_pattern),
+            "alpha_pattern": dict(peft_config.alpha_pattern)}
+
+
+def initialize_eva(model, sequences: list[list[int]], pad_id: int, batch_size: int, max_steps: int) -> dict[str, Any]:
+    """Run peft's EVA on these token sequences, stopping after max_steps SVD batches; return the layout."""
+    from peft import initialize_lora_eva_weights
+    from peft.tuners.lora.eva import SVDHook
+
+    device = next(p for p in model.parameters() if p.device.type != "meta").device
+    batches = []
+    for start in range(0, len(sequences), batch_size):
+        ids, attention, _ = pad_sequences(sequences[start:start + batch_size], [[] for _ in sequences[start:start + batch_size]], pad_id, device)
+        batches.append({"input_ids": ids, "attention_mask": attention})
+    calls = 0
+
+    def forward_with_guard(model, inputs):
+        nonlocal calls
+        out = model(**inputs)
+        calls += 1
+        if calls >= max_steps:  # declare every layer converged: the loop then stops with the components it has
+            for module in model.modules():
+                for hook in module._forward_hooks.values():
+                    if isinstance(hook, SVDHook):
+                        hook.converged[:] = True
+        return out
+
+    initialize_lora_eva_weights(model, dataloader=batches, forward_fn=forward_with_guard, show_progress_bar=False)
+    return lora_layout(model.peft_config["default"])
 
 
 def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: torch.device):

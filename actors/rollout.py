@@ -38,6 +38,10 @@ class RolloutWorker:
         self.version = version
         return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
 
+    def reshape_lora(self, layout: dict[str, Any]) -> None:
+        """Adopt the learner's per-layer LoRA shape (after EVA) before its weights arrive."""
+        self.engine.reshape_lora(layout)
+
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         return self.engine.generate(prompts, sampling, self.version)
 

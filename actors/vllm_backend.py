@@ -35,13 +35,19 @@ class VLLMEngine:
                                        logprobs_mode="processed_logprobs", max_model_len=max_model_len)
         if on_gpu:
             options["gpu_memory_utilization"] = gpu_memory_utilization
-        if lora is not None:
-            options.update(enable_lora=True, max_lora_rank=lora["rank"], max_loras=1)
+        if lora is not None:  # EVA may give a layer up to rho * rank
+            needed = lora["rank"] * (lora.get("eva_rho", 1.0) if lora.get("init") == "eva" else 1.0)
+            options.update(enable_lora=True, max_lora_rank=min(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= needed),
+                           max_loras=1)
         self.llm = LLM(**{k: v for k, v in options.items() if v is not None})
         self.tokenizer = self.llm.get_tokenizer()
         self.lora, self.model_path = lora, model_path
         self.adapter_root = Path(tempfile.mkdtemp(prefix="rlpost-adapters-"))
         self.lora_request = None
+        self.layout = {"target_modules": lora["target_modules"], "rank_pattern": {}, "alpha_pattern": {}} if lora else None
+
+    def reshape_lora(self, layout: dict[str, Any]) -> None:
+        self.layout = layout
 
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
         from safetensors.numpy import save_file
@@ -52,8 +58,8 @@ class VLLMEngine:
         save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(path / "adapter_model.safetensors"))
         (path / "adapter_config.json").write_text(json.dumps({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": self.model_path,
-            "r": self.lora["rank"], "lora_alpha": self.lora["alpha"], "lora_dropout": 0.0,
-            "target_modules": self.lora["target_modules"], "bias": "none",
+            "r": self.lora["rank"], "lora_alpha": self.lora["alpha"], "lora_dropout": 0.0, "bias": "none",
+            **self.layout,
         }))
         previous, self.lora_request = self.lora_request, LoRARequest(f"v{version}", version + 1, str(path))
         if previous is not None:

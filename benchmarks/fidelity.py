@@ -6,6 +6,7 @@ curriculum:    uniform vs UCB (DUMP) sampling over graded sources; held-out gree
                source every `--eval-every` steps.
 unlikeliness:  GRPO vs GRPO + unlikeliness reward (mu = 1 and mu = 2); held-out pass@k for k up
                to 64 after training (and for the untrained model).
+eva:           default LoRA init vs EVA init; training reward and held-out accuracy after the run.
 
 Writes benchmarks/results/fidelity_<experiment>.json and .png and prints tables.
 """
@@ -70,6 +71,27 @@ def unlikeliness(seeds: list[int], steps: int) -> dict:
                 table["base"][seed] = _pass_at_k(results["before"])
             table[arm][seed] = _pass_at_k(results["after"])
     return {"seeds": seeds, "steps": steps, "k": PASS_K, "pass_at_k": table}
+
+
+def eva(seeds: list[int], steps: int) -> dict:
+    """Default LoRA init vs EVA (spec §5): training reward and held-out greedy accuracy after `steps`."""
+    arms = {"default": ["lora.init=default"], "eva": ["lora.init=eva"]}
+    table: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    for seed in seeds:
+        for arm, extra in arms.items():
+            results, _ = run([f"trainer.steps={steps}", "eval.before=false", *extra, f"run.seed={seed}"])
+            table[arm][seed] = {"train_reward_last": results["train_reward_last"],
+                                "greedy_acc": float(np.mean([m["greedy_acc"] for m in results["after"].values()]))}
+    return {"seeds": seeds, "steps": steps, "results": table}
+
+
+def report_eva(result: dict) -> None:
+    print(f"\nEVA vs default init after {result['steps']} steps, mean ± std over seeds")
+    for arm, by_seed in result["results"].items():
+        reward = [v["train_reward_last"] for v in by_seed.values()]
+        acc = [v["greedy_acc"] for v in by_seed.values()]
+        print(f"{arm:<10} training reward (last 10 steps) {np.mean(reward):.3f}±{np.std(reward):.3f}   "
+              f"held-out greedy acc {np.mean(acc):.3f}±{np.std(acc):.3f}")
 
 
 def _pass_at_k(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -148,16 +170,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--experiments", nargs="+", default=["curriculum", "unlikeliness"])
+    parser.add_argument("--experiments", nargs="+", default=["curriculum", "unlikeliness", "eva"])
     args = parser.parse_args()
     seeds = list(range(args.seeds))
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU only"
+    experiments = {"curriculum": (lambda: curriculum(seeds, args.steps, args.eval_every), report_curriculum),
+                   "unlikeliness": (lambda: unlikeliness(seeds, args.steps), report_unlikeliness),
+                   "eva": (lambda: eva(seeds, args.steps), report_eva)}
     for name in args.experiments:
-        result = curriculum(seeds, args.steps, args.eval_every) if name == "curriculum" else unlikeliness(seeds, args.steps)
+        build, report = experiments[name]
+        result = build()
         result["machine"] = machine
         (RESULTS / f"fidelity_{name}.json").write_text(json.dumps(result, indent=1))
-        (report_curriculum if name == "curriculum" else report_unlikeliness)(result)
+        report(result)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,11 @@ class LoraSection(Section):
     rank: int = Field(16, gt=0)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    init: Literal["default", "eva"] = Field("default", description="eva: data-driven init by peft's EVA (spec §5)")
+    eva_rho: float = Field(2.0, ge=1, description="EVA: a layer may get up to rho * rank")
+    eva_tau: float = Field(0.99, ge=0, le=1, description="EVA: cosine-similarity convergence threshold")
+    eva_max_steps: int = Field(50, gt=0, description="EVA: SVD batches at most (peft's loop has no cap)")
+    eva_prompts: int = Field(64, gt=0, description="EVA: training prompts rolled out for the activations")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 

@@ -18,14 +18,14 @@ import ray
 import torch
 import yaml
 
-from actors.policy_model import ModelLoadError, load_tokenizer
+from actors.policy_model import ModelLoadError, layout_of, load_tokenizer
 from curricula import make_sampler
 from pipeline.advantages import compute_advantages, trained_indices
 from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Config
 from pipeline.data import DataError, Row, load_rows, prompt_text
 from pipeline.evaluation import evaluate
-from pipeline.records import Completion, SamplingSpec, TrainBatch
+from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
 from pipeline.tiny_model import ensure_tiny_model
 from pipeline.tracking import PhaseTimer, Tracker
@@ -80,9 +80,14 @@ def train(cfg: Config) -> dict[str, Any]:
 
 def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, stop: StopRequest) -> dict[str, Any]:
     state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
-    if cfg.run.resume:
-        state = load_checkpoint(find_checkpoint(run_dir, cfg.run.resume), workers.learner, cfg)
+    checkpoint = find_checkpoint(run_dir, cfg.run.resume) if cfg.run.resume else None
+    if checkpoint:
+        state = load_checkpoint(checkpoint, workers.learner, cfg)
         sampler.load_state_dict(state["sampler"])
+    if cfg.lora.init == "eva":  # the adapter's per-layer shape comes from EVA, or from the checkpoint
+        layout = layout_of(checkpoint / "adapter") if checkpoint else _eva_layout(cfg, workers, train_prompts)
+        workers.reshape_lora(layout)
+        (run_dir / "lora_layout.json").write_text(json.dumps(layout, indent=2))
     tracker = Tracker(cfg, run_dir, resume_step=state["step"] if cfg.run.resume else None, wandb_id=state["wandb_id"])
     probe = _probe(train_prompts)
     workers.sync_adapter(state["step"], probe)
@@ -163,6 +168,17 @@ def tokenized_prompts(cfg: Config, model_path: str) -> tuple[dict[str, list[Prom
         return out
 
     return ({s: encode(r) for s, r in train_rows.items()}, {s: encode(r) for s, r in test_rows.items() if r})
+
+
+def _eva_layout(cfg: Config, workers: Workers, train_prompts: dict[str, list[Prompt]]) -> dict[str, Any]:
+    """EVA on the activations of training prompts plus their initial rollouts (spec §5.4)."""
+    sources = list(train_prompts)
+    ids = [train_prompts[sources[i % len(sources)]][i // len(sources)][0] for i in range(cfg.lora.eva_prompts)
+           if i // len(sources) < len(train_prompts[sources[i % len(sources)]])]
+    completions = workers.generate([PromptSpec(g, p) for g, p in enumerate(ids)], _sampling(cfg, seed=cfg.run.seed))
+    layout = ray.get(workers.learner.init_eva.remote([c.prompt_ids + c.token_ids for c in completions]))
+    print(f"EVA rank pattern ({len(layout['target_modules'])} modules kept): {layout['rank_pattern']}")
+    return layout
 
 
 def _probe(train_prompts: dict[str, list[Prompt]]) -> tuple[list[int], list[int]]:

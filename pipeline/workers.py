@@ -94,6 +94,9 @@ class Workers:
         completions = [c for part in ray.get(futures) for c in part]
         return sorted(completions, key=lambda c: c.group_id)  # stable: keeps sample order inside a group
 
+    def reshape_lora(self, layout: dict[str, Any]) -> None:
+        ray.get([w.reshape_lora.remote(layout) for w in self.rollout])
+
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
         """Scores from all reward workers in parallel. A worker that misses the deadline (hung in
         native code, say) is killed and replaced, and its samples are scored as timeouts."""

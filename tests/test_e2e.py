@@ -296,3 +296,13 @@ def test_sigterm_checkpoints_the_current_step_and_stops_every_process(tiny_model
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_eva_initialised_run_syncs_the_reshaped_adapter_and_resumes(ray_session, tiny_model_path, tmp_path):
+    common = ["lora.init=eva", "lora.eva_prompts=16", "lora.eva_max_steps=5", "run.checkpoint_every=2",
+              "eval.before=false", "eval.after=false", "tracking.wandb=disabled"]
+    _run(tmp_path, "eva", *common)  # every sync is verified: rollout workers run EVA's shape
+    layout = json.loads((tmp_path / "eva" / "lora_layout.json").read_text())
+    assert layout["rank_pattern"] and set(layout["rank_pattern"].values()) != {16}  # ranks were redistributed
+    _run(tmp_path, "eva", *common, "trainer.steps=4", "run.resume=auto")
+    assert [r["step"] for r in _metrics(tmp_path / "eva")] == [1, 2, 3, 4]

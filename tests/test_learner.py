@@ -87,3 +87,23 @@ def test_a_non_finite_loss_skips_the_step(tiny_model_path):
     metrics = learner.update(batch)
     assert metrics["skipped_steps"] == 1.0 and metrics["all_skipped"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, _lora_params(learner)))
+
+
+def test_eva_initialisation_redistributes_ranks_and_the_adapter_reloads(tiny_model_path, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_config(None, ["lora.init=eva", "lora.rank=4", "lora.alpha=8", "lora.eva_max_steps=5"])
+    learner = Learner(tiny_model_path, "float32", cfg.lora.model_dump(), cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+                      temperature=1.0, max_new_tokens=8, seed=0)
+    batch = _batch()
+    layout = learner.init_eva([p + c for p, c in zip(batch.prompt_ids, batch.completion_ids)] * 3)
+    ranks = {name: r for name, r in layout["rank_pattern"].items()}
+    assert ranks and max(ranks.values()) <= 8  # rho = 2: a layer gets at most 2 * rank
+    assert all(p.device.type != "meta" for p in learner.model.parameters())
+    learner.update(batch)  # the optimizer covers EVA's parameters
+    learner.save_adapter(str(tmp_path / "adapter"))
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), str(tmp_path / "adapter"))
+    ids = torch.tensor([batch.prompt_ids[0] + batch.completion_ids[0]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, learner.model(input_ids=ids).logits, atol=1e-5)
