@@ -1,6 +1,7 @@
 """LearnerWorker: the LoRA policy, its optimizer, and the clipped GRPO-family update."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -124,12 +125,9 @@ class Learner:
     def _logprobs_no_grad(self, ids, attention, adapter: bool = True) -> torch.Tensor:
         """Per-token log-probs in micro-batches; adapter=False gives the reference (base) policy."""
         chunks = []
-        for micro in torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"]):
-            if adapter:
+        with contextlib.nullcontext() if adapter else self.model.disable_adapter():
+            for micro in torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"]):
                 chunks.append(token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0])
-            else:
-                with self.model.disable_adapter():
-                    chunks.append(token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0])
         return torch.cat(chunks)
 
     def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]]) -> dict[str, float]:

@@ -93,7 +93,8 @@ def initialize_eva(model, sequences: list[list[int]], pad_id: int, batch_size: i
     device = next(p for p in model.parameters() if p.device.type != "meta").device
     batches = []
     for start in range(0, len(sequences), batch_size):
-        ids, attention, _ = pad_sequences(sequences[start:start + batch_size], [[] for _ in sequences[start:start + batch_size]], pad_id, device)
+        chunk = sequences[start:start + batch_size]
+        ids, attention, _ = pad_sequences(chunk, [[] for _ in chunk], pad_id, device)
         batches.append({"input_ids": ids, "attention_mask": attention})
     calls = 0
 

@@ -38,10 +38,12 @@ def init_ray(cfg: Config) -> None:
              log_to_driver=True, configure_logging=False)
 
 
-def _engine_options(cfg: Config) -> dict[str, Any]:
-    if resolve_backend(cfg.rollout.backend) != "vllm":
-        return {}
-    return {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization, "max_model_len": cfg.rollout.max_model_len}
+def _start_rollout_worker(cfg: Config, model_path: str, lora: dict[str, Any] | None):
+    r = cfg.rollout
+    engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len}
+                      if resolve_backend(r.backend) == "vllm" else {})
+    return ray.remote(RolloutWorker).options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker).remote(
+        model_path, cfg.model.dtype, lora, r.backend, r.cpus_per_worker, r.gpus_per_worker, engine_options)
 
 
 def _start_reward_worker(cfg: Config):
@@ -70,17 +72,10 @@ class Workers:
             num_cpus=cfg.trainer.cpus_per_learner, num_gpus=cfg.trainer.gpus_per_learner,
         ).remote(model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
                  cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
-        rollout = [
-            ray.remote(RolloutWorker).options(num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker).remote(
-                model_path, cfg.model.dtype, lora, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker,
-                _engine_options(cfg))
-            for _ in range(cfg.rollout.num_workers)
-        ]
+        rollout = [_start_rollout_worker(cfg, model_path, lora) for _ in range(cfg.rollout.num_workers)]
         reward = [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)]
-        consensus_model = cfg.reward.consensus.model_path
-        consensus_scorer = None if consensus_model is None else ray.remote(RolloutWorker).options(
-            num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker).remote(
-            consensus_model, cfg.model.dtype, None, cfg.rollout.backend, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker)
+        consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM: no adapter
+        consensus_scorer = None if consensus_model is None else _start_rollout_worker(cfg, consensus_model, None)
         return cls(learner, rollout, reward, partial(_start_reward_worker, cfg), cfg.reward.worker_deadline_s,
                    cfg.reward.failure_score, consensus_scorer)
 
