@@ -7,6 +7,7 @@ from typing import Any
 
 from actors.policy_model import set_threads
 from pipeline.records import Completion, PromptSpec, SamplingSpec
+from pipeline.worker_pool import StaleWorker
 
 BACKENDS = {"hf": "actors.hf_backend:HFEngine", "vllm": "actors.vllm_backend:VLLMEngine"}
 
@@ -42,14 +43,21 @@ class RolloutWorker:
         """Adopt the learner's per-layer LoRA shape (after EVA) before its weights arrive."""
         self.engine.reshape_lora(layout)
 
-    def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
+    def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int | None = None) -> list[Completion]:
+        """Sample completions; refuses (StaleWorker) when it is not running policy `version`."""
+        self._check(version)
         return self.engine.generate(prompts, sampling, self.version)
 
-    def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
+    def score_texts(self, prompts: list[str], continuations: list[str], version: int | None = None) -> list[float]:
         """log P(continuation | prompt) summed over the continuation's tokens (temperature 1)."""
+        self._check(version)
         encode = lambda text: self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         rows = self.engine.sequence_logprobs([encode(p) for p in prompts], [encode(c) for c in continuations], 1.0)
         return [sum(row) for row in rows]
+
+    def _check(self, version: int | None) -> None:
+        if version is not None and version != self.version:  # e.g. Ray restarted this actor: base weights only
+            raise StaleWorker(f"asked for policy v{version}, running v{self.version}")
 
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         return self.engine.sequence_logprobs(prompts, completions, temperature)

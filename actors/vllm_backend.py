@@ -43,7 +43,7 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.lora, self.model_path = lora, model_path
         self.adapter_root = Path(tempfile.mkdtemp(prefix="rlpost-adapters-"))
-        self.lora_request = None
+        self.lora_request, self.loads = None, 0
         self.layout = {"target_modules": lora["target_modules"], "rank_pattern": {}, "alpha_pattern": {}} if lora else None
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
@@ -53,7 +53,8 @@ class VLLMEngine:
         from safetensors.numpy import save_file
         from vllm.lora.request import LoRARequest
 
-        path = self.adapter_root / f"v{version}"
+        self.loads += 1  # a fresh id and directory per load: loading one version twice (after a restart) is safe
+        path = self.adapter_root / f"load{self.loads}"
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(path / "adapter_model.safetensors"))
         (path / "adapter_config.json").write_text(json.dumps({
@@ -61,7 +62,7 @@ class VLLMEngine:
             "r": self.lora["rank"], "lora_alpha": self.lora["alpha"], "lora_dropout": 0.0, "bias": "none",
             **self.layout,
         }))
-        previous, self.lora_request = self.lora_request, LoRARequest(f"v{version}", version + 1, str(path))
+        previous, self.lora_request = self.lora_request, LoRARequest(f"v{version}", self.loads, str(path))
         if previous is not None:
             self.llm.llm_engine.remove_lora(previous.lora_int_id)
             shutil.rmtree(previous.lora_path, ignore_errors=True)

@@ -34,7 +34,7 @@ from pipeline.workers import Workers, init_ray  # noqa: E402
 def ranking(cfg, model_path: str, k: int) -> dict[str, dict[str, float]]:
     _, test = tokenized_prompts(cfg, model_path)
     init_ray(cfg)
-    workers = Workers.start(cfg, model_path)
+    workers = Workers(cfg, model_path)
     table = {}
     try:
         for source, rows in test.items():

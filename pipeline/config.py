@@ -67,6 +67,9 @@ class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    chunks_per_worker: int = Field(2, ge=1, description="prompts go out in this many chunks per worker, each to the next free worker")
+    worker_deadline_s: float = Field(600.0, gt=0, description="a rollout worker silent this long on one chunk is killed, restarted, the chunk redone")
+    max_restarts: int = Field(5, ge=-1, description="times Ray restarts a dead rollout worker (-1 = always)")
 
 
 class RewardComponent(Section):
@@ -121,6 +124,7 @@ class RewardConfig(Section):
     correct_threshold: float = Field(1.0, description="a sample counts as correct when its total reward >= this")
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(0.25, gt=0)
+    max_restarts: int = Field(5, ge=-1, description="times Ray restarts a dead reward worker (-1 = always)")
     unlikeliness: UnlikelinessConfig = UnlikelinessConfig()
     consensus: ConsensusConfig = ConsensusConfig()
 

@@ -51,12 +51,12 @@ def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dic
 
     _, test = tokenized_prompts(cfg, base_path)
     init_ray(cfg)
-    workers = Workers.start(cfg, base_path, with_learner=False)
+    workers = Workers(cfg, base_path, with_learner=False)
     try:
         if adapter_dir is not None:
             weights = {k: v.cpu().numpy() for k, v in load_peft_weights(str(adapter_dir)).items()}
             probe = next(iter(test.values()))[0][0]
-            ray.get([w.load_adapter.remote(weights, 0, (probe, probe[:1])) for w in workers.rollout])
+            workers.load_adapter(ray.put(weights), 0, (probe, probe[:1]))
         return evaluate(workers, test, cfg, seed=cfg.run.seed)
     finally:
         workers.shutdown()

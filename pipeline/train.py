@@ -17,6 +17,7 @@ import numpy as np
 import ray
 import torch
 import yaml
+from ray.exceptions import RayActorError
 
 from actors.policy_model import ModelLoadError, layout_of, load_tokenizer
 from curricula import make_sampler
@@ -29,10 +30,15 @@ from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
 from pipeline.tiny_model import ensure_tiny_model
 from pipeline.tracking import PhaseTimer, Tracker
+from pipeline.worker_pool import WorkerLost
 from pipeline.workers import SyncError, Workers, init_ray
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class LearnerDied(RuntimeError):
+    """The learner actor died: the run ends, resumable from its latest checkpoint."""
 
 
 class RunInterrupted(RuntimeError):
@@ -58,7 +64,8 @@ class StopRequest:
 
 
 # Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
-USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged, RunInterrupted)
+USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged, RunInterrupted,
+               LearnerDied, WorkerLost)
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 
@@ -70,10 +77,16 @@ def train(cfg: Config) -> dict[str, Any]:
     train_prompts, test_prompts = tokenized_prompts(cfg, model_path)
     sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
     init_ray(cfg)
-    workers = Workers.start(cfg, model_path)
+    workers = Workers(cfg, model_path)
     try:
         with StopRequest() as stop:
             return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, stop)
+    except RayActorError as err:  # the pools recover rollout and reward workers: an actor error here is the learner's
+        try:
+            where = f"the latest checkpoint is {find_checkpoint(run_dir, 'auto')} (continue with resume=auto)"
+        except CheckpointError:
+            where = "no checkpoint was written yet (set run.checkpoint_every)"
+        raise LearnerDied(f"the learner actor died ({str(err).splitlines()[0]}); {where}") from err
     finally:
         workers.shutdown()  # also when the run stops on an error: no actor outlives it
 
@@ -115,7 +128,8 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
         with timer("sync"):
             adapter_bytes = workers.sync_adapter(step, probe)
         metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
-                   "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes}
+                   "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes,
+                   **workers.fault_counters()}
         tracker.log(step, metrics)
         if cfg.tracking.samples_every and step % cfg.tracking.samples_every == 0:
             tracker.log_samples(step, _sample_rows(batch, per_sample, cfg.tracking.samples_per_table))

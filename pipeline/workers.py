@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import ray
@@ -14,6 +12,7 @@ from actors.learner import Learner
 from actors.rollout import RolloutWorker, resolve_backend
 from pipeline.config import Config
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
+from pipeline.worker_pool import WorkerPool
 from rewards.scoring import Scorer, Scores
 
 
@@ -42,7 +41,8 @@ def _start_rollout_worker(cfg: Config, model_path: str, lora: dict[str, Any] | N
     r = cfg.rollout
     engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len}
                       if resolve_backend(r.backend) == "vllm" else {})
-    return ray.remote(RolloutWorker).options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker).remote(
+    return ray.remote(RolloutWorker).options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker,
+                                             max_restarts=r.max_restarts).remote(
         model_path, cfg.model.dtype, lora, r.backend, r.cpus_per_worker, r.gpus_per_worker, engine_options)
 
 
@@ -50,75 +50,80 @@ def _start_reward_worker(cfg: Config):
     def components(items):
         return [(c.name, c.weight, c.args) for c in items]
 
-    return ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker).remote(
+    return ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker, max_restarts=cfg.reward.max_restarts).remote(
         components(cfg.reward.components), cfg.reward.timeout_s, cfg.reward.failure_score,
         {source: components(items) for source, items in cfg.reward.by_source.items()})
 
 
 @dataclass
-class Workers:
-    learner: Any  # None for evaluation-only pools
-    rollout: list[Any]
-    reward: list[Any]
-    start_reward_worker: Callable[[], Any]
-    reward_deadline_s: float = 120.0
-    failure_score: float = 0.0
-    consensus_scorer: Any = None
+class Policy:
+    """What every rollout worker must be running: the adapter version and the probe that proves it."""
 
-    @classmethod
-    def start(cls, cfg: Config, model_path: str, with_learner: bool = True) -> "Workers":
+    adapter: Any  # object ref to the adapter's tensors
+    version: int
+    probe: tuple[list[int], list[int]]
+    expected: list[float]  # the learner's probe log-probs
+    tolerance: float
+
+
+class Workers:
+    """Rollout, reward and learner actors. Rollout and reward work goes through pools that restart
+    dead or hung workers and redo their share; a dead learner ends the run (see train.LearnerDied)."""
+
+    def __init__(self, cfg: Config, model_path: str, with_learner: bool = True):
+        self.cfg, self.policy, self.layout = cfg, None, None
         lora = cfg.lora.model_dump()
-        learner = ray.remote(Learner).options(
+        self.learner = ray.remote(Learner).options(
             num_cpus=cfg.trainer.cpus_per_learner, num_gpus=cfg.trainer.gpus_per_learner,
         ).remote(model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
                  cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
-        rollout = [_start_rollout_worker(cfg, model_path, lora) for _ in range(cfg.rollout.num_workers)]
-        reward = [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)]
+        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, lora) for _ in range(cfg.rollout.num_workers)],
+                                  cfg.rollout.worker_deadline_s, revive=self._install_policy)
+        self.reward = WorkerPool("reward", [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)],
+                                 cfg.reward.worker_deadline_s)
         consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM: no adapter
-        consensus_scorer = None if consensus_model is None else _start_rollout_worker(cfg, consensus_model, None)
-        return cls(learner, rollout, reward, partial(_start_reward_worker, cfg), cfg.reward.worker_deadline_s,
-                   cfg.reward.failure_score, consensus_scorer)
+        self.consensus = None if consensus_model is None else WorkerPool(
+            "consensus", [_start_rollout_worker(cfg, consensus_model, None)], cfg.rollout.worker_deadline_s)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
-        """Prompts spread over the rollout workers; results ordered by (group id, sample)."""
-        shards = _shards(prompts, len(self.rollout))
-        futures = [
-            worker.generate.remote(shard, replace(sampling, seed=sampling.seed * 1000 + i))
-            for i, (worker, shard) in enumerate(zip(self.rollout, shards)) if shard
-        ]
-        completions = [c for part in ray.get(futures) for c in part]
-        return sorted(completions, key=lambda c: c.group_id)  # stable: keeps sample order inside a group
+        """Prompts spread over the rollout workers by load; results ordered by (group id, sample).
+
+        Each chunk is sampled with its own seed, so results do not depend on which worker ran it
+        (a chunk redone after a worker died gives the same samples)."""
+        version = self.policy.version if self.policy else None
+        chunks = _chunks(prompts, len(self.rollout.actors) * self.cfg.rollout.chunks_per_worker)
+        parts = self.rollout.map(chunks, lambda w, c, chunk: w.generate.remote(
+            chunk, replace(sampling, seed=sampling.seed * 1000 + c), version))
+        return sorted((c for part in parts for c in part), key=lambda c: c.group_id)  # stable: keeps sample order
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
-        ray.get([w.reshape_lora.remote(layout) for w in self.rollout])
+        self.layout = layout
+        self.rollout.broadcast(lambda w: w.reshape_lora.remote(layout))
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
-        """Scores from all reward workers in parallel. A worker that misses the deadline (hung in
-        native code, say) is killed and replaced, and its samples are scored as timeouts."""
-        index_shards = _shards(list(range(len(completions))), len(self.reward))
-        futures = [
-            (worker, idx, worker.score.remote([completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}))
-            for worker, idx in zip(self.reward, index_shards) if idx
-        ]
-        ready, _ = ray.wait([f for _, _, f in futures], num_returns=len(futures), timeout=self.reward_deadline_s)
+        """Scores from all reward workers in parallel. A worker that dies is restarted and its samples
+        re-scored; one that misses the deadline (hung in native code, say) is killed and restarted,
+        and its samples are scored as timeouts."""
+        chunks = _chunks(list(range(len(completions))), len(self.reward.actors) * 2)
+
+        def hung(idx: list[int]) -> Scores:
+            return Scores(total=[self.cfg.reward.failure_score] * len(idx), components={}, timeouts=len(idx),
+                          error_messages=[f"a reward worker missed the {self.cfg.reward.worker_deadline_s}s deadline; restarted"])
+
+        parts = self.reward.map(chunks, lambda w, c, idx: w.score.remote(
+            [completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}), on_hang=hung)
         merged = Scores(total=[], components={})
-        for slot, (worker, idx, future) in enumerate(futures):
-            if future in ready:
-                merged.extend(ray.get(future))
-                continue
-            ray.kill(worker)
-            self.reward[self.reward.index(worker)] = self.start_reward_worker()
-            merged.extend(Scores(total=[self.failure_score] * len(idx), components={}, timeouts=len(idx),
-                                 error_messages=[f"reward worker {slot} missed the {self.reward_deadline_s}s deadline; replaced"]))
+        for part in parts:
+            merged.extend(part)
         return merged
 
     def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) from the consensus scoring model (the policy unless configured)."""
-        scorers = [self.consensus_scorer] if self.consensus_scorer is not None else self.rollout
-        index_shards = _shards(list(range(len(prompts))), len(scorers))
-        futures = [w.score_texts.remote([prompts[i] for i in idx], [continuations[i] for i in idx])
-                   for w, idx in zip(scorers, index_shards) if idx]
-        return [v for part in ray.get(futures) for v in part]
+        pool, version = (self.consensus, None) if self.consensus else (self.rollout, self.policy.version)
+        chunks = _chunks(list(range(len(prompts))), len(pool.actors) * self.cfg.rollout.chunks_per_worker)
+        parts = pool.map(chunks, lambda w, c, idx: w.score_texts.remote(
+            [prompts[i] for i in idx], [continuations[i] for i in idx], version))
+        return [v for part in parts for v in part]
 
     def reference_kl(self, completions: list[Completion]) -> list[float]:
         return ray.get(self.learner.reference_kl.remote([c.prompt_ids for c in completions], [c.token_ids for c in completions]))
@@ -133,24 +138,47 @@ class Workers:
         learner's, so a rollout worker can never silently keep sampling from a stale policy.
         Returns the adapter's size in bytes.
         """
-        adapter_ref = self.learner.adapter_state.remote()
-        expected_ref = self.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0)
-        got = ray.get([w.load_adapter.remote(adapter_ref, version, probe) for w in self.rollout])
-        expected = ray.get(expected_ref)[0]
+        adapter = self.learner.adapter_state.remote()
+        expected = ray.get(self.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))[0]
+        self.load_adapter(adapter, version, probe, expected, tolerance)
+        return sum(v.nbytes for v in ray.get(adapter).values())
+
+    def load_adapter(self, adapter, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None = None,
+                     tolerance: float = 1e-3) -> None:
+        """Install adapter `version` on every rollout worker; each must reproduce the `expected` probe
+        log-probs (default: the first worker's). A worker Ray restarts later gets it again."""
+        got = self.rollout.broadcast(lambda w: w.load_adapter.remote(adapter, version, probe))
+        self.policy = Policy(adapter, version, probe, got[0] if expected is None else expected, tolerance)
         for i, values in enumerate(got):
-            gap = max(abs(a - b) for a, b in zip(values, expected))
-            if gap > tolerance:
-                raise SyncError(f"rollout worker {i} disagrees with the learner after sync v{version}: "
-                                f"max |logprob gap| {gap:.2e} > {tolerance:.0e}")
-        return sum(v.nbytes for v in ray.get(adapter_ref).values())
+            self._verify(i, values)
+
+    def _install_policy(self, worker) -> None:
+        """Bring a restarted rollout worker back to the current policy (and EVA layout), verified."""
+        if self.layout is not None:
+            ray.get(worker.reshape_lora.remote(self.layout))
+        if self.policy is not None:
+            p = self.policy
+            self._verify(self.rollout.actors.index(worker), ray.get(worker.load_adapter.remote(p.adapter, p.version, p.probe)))
+
+    def _verify(self, i: int, values: list[float]) -> None:
+        gap = max(abs(a - b) for a, b in zip(values, self.policy.expected))
+        if gap > self.policy.tolerance:
+            raise SyncError(f"rollout worker {i} disagrees with the learner after sync v{self.policy.version}: "
+                            f"max |logprob gap| {gap:.2e} > {self.policy.tolerance:.0e}")
+
+    def fault_counters(self) -> dict[str, float]:
+        """Cumulative restarts and redone work (groups for rollouts, samples for rewards)."""
+        return {"faults/rollout_restarts": self.rollout.counters.restarts, "faults/rollout_redone_groups": self.rollout.counters.redone,
+                "faults/reward_restarts": self.reward.counters.restarts, "faults/reward_redone_samples": self.reward.counters.redone}
 
     def shutdown(self) -> None:
-        for actor in [self.learner, *self.rollout, *self.reward, self.consensus_scorer]:
+        pools = [self.rollout, self.reward, self.consensus]
+        for actor in [self.learner, *(a for pool in pools if pool for a in pool.actors)]:
             if actor is not None:
                 ray.kill(actor)
 
 
-def _shards(items: list, n: int) -> list[list]:
-    """Contiguous, near-equal shards; group ids travel with the items, so order never matters."""
-    size = math.ceil(len(items) / n) if items else 0
-    return [items[i * size : (i + 1) * size] for i in range(n)]
+def _chunks(items: list, n: int) -> list[list]:
+    """Up to n contiguous, near-equal, non-empty chunks; group ids travel with the items, so order never matters."""
+    size = math.ceil(len(items) / n) if items else 1
+    return [items[i : i + size] for i in range(0, len(items), size)]

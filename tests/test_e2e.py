@@ -73,17 +73,17 @@ def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_mo
     from pipeline.workers import Workers
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, f"model.path={tiny_model_path}", "trainer.lr=0.05"])
-    workers = Workers.start(cfg, tiny_model_path)
+    workers = Workers(cfg, tiny_model_path)
     try:
         probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
         workers.sync_adapter(0, probe)
-        before = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout])
+        before = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout.actors])
         completions = workers.generate([PromptSpec(g, probe[0]) for g in range(2)], SamplingSpec(n=4, temperature=1.0, max_new_tokens=4, seed=1))
         advantages = [1.0 if i % 2 else -1.0 for i in range(len(completions))]
         workers.update(TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
                                   [c.group_id for c in completions]))
         workers.sync_adapter(1, probe)
-        after = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout])
+        after = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout.actors])
         learner = ray.get(workers.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))
         for b, a in zip(before, after):
             assert not np.allclose(b, a, atol=1e-5)  # the policy moved on every worker ...
@@ -111,7 +111,7 @@ def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_sessi
     from pipeline.workers import SyncError, Workers
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "rollout.num_workers=1"])
-    workers = Workers.start(cfg, tiny_model_path)
+    workers = Workers(cfg, tiny_model_path)
     real_learner = workers.learner
     try:
         workers.learner = _LearnerSendingWrongWeights(real_learner)
@@ -143,10 +143,10 @@ def test_a_hung_reward_worker_is_killed_restarted_and_its_samples_scored(ray_ses
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "reward.timeout_s=0.5", "reward.worker_deadline_s=4",
                                                  "reward.components=[{name: 'tests.reward_plugins:hangs_uninterruptibly_on_x'}]"])
-    workers = Workers.start(cfg, tiny_model_path)
+    workers = Workers(cfg, tiny_model_path)
     try:
         hung = workers.score(["xx", "ab"], {"answer": ["1", "2"]})
-        assert hung.total == [0.0, 0.0] and hung.timeouts == 2
+        assert hung.total == [0.0, 0.5] and hung.timeouts == 1  # only the hung sample's chunk is lost
         healthy = workers.score(["ab", "cd"], {"answer": ["1", "2"]})  # the restarted worker serves again
         assert healthy.total == [0.5, 0.5] and healthy.timeouts == 0
     finally:
@@ -160,39 +160,6 @@ def test_label_free_consensus_training_runs_and_logs_the_rankings(ray_session, t
         assert 1 <= row["consensus/candidates_per_group"] <= 4
         assert 0 <= row["reward/mean"] <= 1 and row["reward/mean"] == pytest.approx(row["reward_component/consensus"])
         assert "consensus/pick_correct_er_d" in row and "accuracy/mean" in row
-
-
-def _strip_timing(rows):
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))} for r in rows]
-
-
-def test_a_run_killed_with_sigkill_resumes_to_exactly_the_same_metrics(ray_session, tiny_model_path, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    common = ["trainer.steps=6", "run.checkpoint_every=2", "eval.before=false", "eval.after=false", "tracking.wandb=disabled"]
-    _, reference = _run(tmp_path, "reference", *common)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "configs/debug_cpu.yaml", *SMALL, *common, f"run.dir={killed}"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            metrics = killed / "metrics.jsonl"
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
-    assert (killed / "checkpoints" / "step_000002").exists()
-
-    _run(tmp_path, "killed", *common, "run.resume=auto")
-    assert _strip_timing(_metrics(killed)) == _strip_timing(_metrics(reference))
 
 
 def test_resume_refuses_an_incompatible_checkpoint(ray_session, tiny_model_path, tmp_path):
@@ -233,11 +200,11 @@ def test_single_gpu_config_places_learner_and_rollout_on_one_gpu(ray_session, ti
 
     cfg = load_config("configs/single_gpu.yaml", [f"model.path={tiny_model_path}", "rollout.backend=hf", "model.dtype=float32",
                                                   "rollout.cpus_per_worker=1", "trainer.cpus_per_learner=1"])
-    workers = Workers.start(cfg, tiny_model_path)
+    workers = Workers(cfg, tiny_model_path)
     try:
         gpu_of = lambda actor: ray.get(actor.__ray_call__.remote(  # noqa: E731
             lambda _: ray.get_runtime_context().get_accelerator_ids()["GPU"]))
-        assert gpu_of(workers.learner) == gpu_of(workers.rollout[0]) and len(gpu_of(workers.learner)) == 1
+        assert gpu_of(workers.learner) == gpu_of(workers.rollout.actors[0]) and len(gpu_of(workers.learner)) == 1
     finally:
         workers.shutdown()
 
