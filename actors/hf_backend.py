@@ -19,6 +19,14 @@ class HFEngine:
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self.model = reshape_lora(self.model, self.lora, layout).to(self.device).eval()
 
+    def sleep(self) -> None:
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        self.model.to(self.device)
+
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
         from peft import set_peft_model_state_dict
 

@@ -39,6 +39,15 @@ class RolloutWorker:
         self.version = version
         return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
 
+    def sleep(self) -> float:
+        """Free the engine's GPU memory while the learner trains; returns the GiB it gave back."""
+        free_before = _free_gpu_bytes()
+        self.engine.sleep()
+        return (_free_gpu_bytes() - free_before) / 2**30
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         """Adopt the learner's per-layer LoRA shape (after EVA) before its weights arrive."""
         self.engine.reshape_lora(layout)
@@ -61,3 +70,9 @@ class RolloutWorker:
 
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         return self.engine.sequence_logprobs(prompts, completions, temperature)
+
+
+def _free_gpu_bytes() -> int:
+    import torch
+
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0

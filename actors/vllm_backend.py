@@ -21,7 +21,7 @@ from pipeline.records import Completion, PromptSpec, SamplingSpec
 
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, gpus: float,
-                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None):
+                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None, sleep_mode: bool = False):
         on_gpu = gpus > 0 and torch.cuda.is_available()
         # in a Ray actor the engine runs in-process: fast start, nothing leaked if the actor is killed
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -33,8 +33,9 @@ class VLLMEngine:
 
         options: dict[str, Any] = dict(model=model_path, dtype=dtype, enforce_eager=not on_gpu, seed=0,
                                        logprobs_mode="processed_logprobs", max_model_len=max_model_len)
-        if on_gpu:
-            options["gpu_memory_utilization"] = gpu_memory_utilization
+        if on_gpu:  # sleep mode needs vLLM's CUDA memory pool; on the CPU there is nothing to free
+            options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
+        self.can_sleep = on_gpu and sleep_mode
         if lora is not None:  # EVA may give a layer up to rho * rank
             needed = lora["rank"] * (lora.get("eva_rho", 1.0) if lora.get("init") == "eva" else 1.0)
             options.update(enable_lora=True, max_lora_rank=min(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= needed),
@@ -48,6 +49,15 @@ class VLLMEngine:
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self.layout = layout
+
+    def sleep(self) -> None:
+        """Level 1: weights to host memory, KV cache dropped; the adapter is re-sent after every update anyway."""
+        if self.can_sleep:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.can_sleep:
+            self.llm.wake_up()
 
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
         from safetensors.numpy import save_file

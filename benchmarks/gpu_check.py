@@ -60,7 +60,7 @@ def main() -> None:
     recipe = TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64,
                              max_positions=512, sft_steps=0, cache_dir=tempfile.mkdtemp())
     path = str(ensure_tiny_model(recipe))
-    cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "trainer.minibatch_size=512",
+    cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "placement.mode=split", "trainer.minibatch_size=512",
                                                   "trainer.micro_batch_size=128", "trainer.lr=1e-4"])
     lora = cfg.lora.model_dump()
     engine = HFEngine(path, args.dtype, lora, gpus=1)

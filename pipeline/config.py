@@ -70,6 +70,8 @@ class RolloutConfig(Section):
     chunks_per_worker: int = Field(2, ge=1, description="prompts go out in this many chunks per worker, each to the next free worker")
     worker_deadline_s: float = Field(600.0, gt=0, description="a rollout worker silent this long on one chunk is killed, restarted, the chunk redone")
     max_restarts: int = Field(5, ge=-1, description="times Ray restarts a dead rollout worker (-1 = always)")
+    sleep_while_training: bool = Field(False, description="rollout engines free their GPU memory while the learner trains "
+                                       "(vLLM sleep mode level 1; hf moves its weights to host memory); for placement.mode=colocate")
 
 
 class RewardComponent(Section):
@@ -247,6 +249,15 @@ class EvalConfig(Section):
         return self
 
 
+class PlacementConfig(Section):
+    mode: Literal["cpu", "colocate", "split"] = Field("cpu", description="cpu: no GPUs; colocate: learner and rollout "
+                                                      "workers share one GPU (fractional shares); split: placement groups "
+                                                      "of rollout GPUs and learner GPUs, across nodes")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="split: Ray placement-group strategy of each group's bundles")
+    timeout_s: float = Field(120.0, gt=0, description="how long to wait for the cluster to grant the placement groups")
+
+
 class RunConfig(Section):
     dir: str = Field("runs/debug", description="run directory (metrics, checkpoints, final adapter)")
     seed: int = 0
@@ -267,6 +278,7 @@ class Config(Section):
     curriculum: CurriculumConfig = CurriculumConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
+    placement: PlacementConfig = PlacementConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
@@ -282,7 +294,19 @@ class Config(Section):
         if self.algorithm.overlong_buffer_len > self.rollout.max_new_tokens:
             raise ValueError(f"algorithm.overlong_buffer_len={self.algorithm.overlong_buffer_len} must be <= "
                              f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
+        self._check_placement()
         return self
+
+    def _check_placement(self) -> None:
+        gpus = {"rollout.gpus_per_worker": self.rollout.gpus_per_worker, "trainer.gpus_per_learner": self.trainer.gpus_per_learner}
+        mode = self.placement.mode
+        if mode == "cpu" and any(gpus.values()):
+            raise ValueError(f"placement.mode=cpu uses no GPUs, but {gpus}; choose placement.mode=colocate (one GPU) or split")
+        if mode == "colocate":
+            shared = self.trainer.gpus_per_learner + self.rollout.num_workers * self.rollout.gpus_per_worker
+            if not all(gpus.values()) or shared > 1:
+                raise ValueError(f"placement.mode=colocate shares one GPU: trainer.gpus_per_learner + rollout.num_workers * "
+                                 f"rollout.gpus_per_worker must be in (0, 1], each share > 0; got {gpus} (sum {shared:g})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -30,6 +30,7 @@ from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
 from pipeline.tiny_model import ensure_tiny_model
 from pipeline.tracking import PhaseTimer, Tracker
+from pipeline.placement import PlacementError
 from pipeline.worker_pool import WorkerLost
 from pipeline.workers import SyncError, Workers, init_ray
 
@@ -65,7 +66,7 @@ class StopRequest:
 
 # Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
 USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged, RunInterrupted,
-               LearnerDied, WorkerLost)
+               LearnerDied, WorkerLost, PlacementError)
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 

@@ -11,6 +11,7 @@ import ray
 from actors.learner import Learner
 from actors.rollout import RolloutWorker, resolve_backend
 from pipeline.config import Config
+from pipeline.placement import plan
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from pipeline.worker_pool import WorkerPool
 from rewards.scoring import Scorer, Scores
@@ -37,12 +38,11 @@ def init_ray(cfg: Config) -> None:
              log_to_driver=True, configure_logging=False)
 
 
-def _start_rollout_worker(cfg: Config, model_path: str, lora: dict[str, Any] | None):
+def _start_rollout_worker(cfg: Config, model_path: str, lora: dict[str, Any] | None, options: dict[str, Any]):
     r = cfg.rollout
-    engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len}
-                      if resolve_backend(r.backend) == "vllm" else {})
-    return ray.remote(RolloutWorker).options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker,
-                                             max_restarts=r.max_restarts).remote(
+    engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len,
+                       "sleep_mode": r.sleep_while_training} if resolve_backend(r.backend) == "vllm" else {})
+    return ray.remote(RolloutWorker).options(**options, max_restarts=r.max_restarts).remote(
         model_path, cfg.model.dtype, lora, r.backend, r.cpus_per_worker, r.gpus_per_worker, engine_options)
 
 
@@ -72,18 +72,19 @@ class Workers:
 
     def __init__(self, cfg: Config, model_path: str, with_learner: bool = True):
         self.cfg, self.policy, self.layout = cfg, None, None
+        self.placement = plan(cfg, learners=1 if with_learner else 0)
         lora = cfg.lora.model_dump()
-        self.learner = ray.remote(Learner).options(
-            num_cpus=cfg.trainer.cpus_per_learner, num_gpus=cfg.trainer.gpus_per_learner,
-        ).remote(model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
-                 cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
-        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, lora) for _ in range(cfg.rollout.num_workers)],
+        self.learner = ray.remote(Learner).options(**self.placement.learners[0]).remote(
+            model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
+        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, lora, options) for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
         self.reward = WorkerPool("reward", [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)],
                                  cfg.reward.worker_deadline_s)
-        consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM: no adapter
+        consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM, no adapter, outside the placement groups
+        anywhere = {"num_cpus": cfg.rollout.cpus_per_worker, "num_gpus": cfg.rollout.gpus_per_worker}
         self.consensus = None if consensus_model is None else WorkerPool(
-            "consensus", [_start_rollout_worker(cfg, consensus_model, None)], cfg.rollout.worker_deadline_s)
+            "consensus", [_start_rollout_worker(cfg, consensus_model, None, anywhere)], cfg.rollout.worker_deadline_s)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         """Prompts spread over the rollout workers by load; results ordered by (group id, sample).
@@ -129,7 +130,14 @@ class Workers:
         return ray.get(self.learner.reference_kl.remote([c.prompt_ids for c in completions], [c.token_ids for c in completions]))
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        return ray.get(self.learner.update.remote(batch))
+        """One learner update; with rollout.sleep_while_training the rollout engines free their GPU memory meanwhile."""
+        if not self.cfg.rollout.sleep_while_training:
+            return ray.get(self.learner.update.remote(batch))
+        freed = self.rollout.broadcast(lambda w: w.sleep.remote())
+        try:
+            return {**ray.get(self.learner.update.remote(batch)), "rollout_sleep_freed_gib": sum(freed)}
+        finally:
+            self.rollout.broadcast(lambda w: w.wake_up.remote())
 
     def sync_adapter(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
         """Send the learner's LoRA adapter to every rollout worker and verify it took effect.
@@ -176,6 +184,7 @@ class Workers:
         for actor in [self.learner, *(a for pool in pools if pool for a in pool.actors)]:
             if actor is not None:
                 ray.kill(actor)
+        self.placement.release()
 
 
 def _chunks(items: list, n: int) -> list[list]:

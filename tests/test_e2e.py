@@ -193,22 +193,6 @@ def test_eval_and_export_of_a_finished_run(ray_session, tiny_model_path, tmp_pat
     assert torch.equal(greedy[0], greedy[1])
 
 
-def test_single_gpu_config_places_learner_and_rollout_on_one_gpu(ray_session, tiny_model_path):
-    import ray
-
-    from pipeline.workers import Workers
-
-    cfg = load_config("configs/single_gpu.yaml", [f"model.path={tiny_model_path}", "rollout.backend=hf", "model.dtype=float32",
-                                                  "rollout.cpus_per_worker=1", "trainer.cpus_per_learner=1"])
-    workers = Workers(cfg, tiny_model_path)
-    try:
-        gpu_of = lambda actor: ray.get(actor.__ray_call__.remote(  # noqa: E731
-            lambda _: ray.get_runtime_context().get_accelerator_ids()["GPU"]))
-        assert gpu_of(workers.learner) == gpu_of(workers.rollout.actors[0]) and len(gpu_of(workers.learner)) == 1
-    finally:
-        workers.shutdown()
-
-
 def test_an_external_model_directory_and_jsonl_data_from_the_command_line(ray_session, tiny_model_path, tmp_path):
     from pipeline.tasks import generate_split
 

@@ -11,7 +11,7 @@ def test_learner_update_and_hf_rollout_on_cuda_agree_after_sync(tiny_model_path)
     from actors.hf_backend import HFEngine
     from actors.learner import Learner
 
-    cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1"])
+    cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "placement.mode=split"])
     lora = cfg.lora.model_dump()
     engine = HFEngine(tiny_model_path, "float32", lora, gpus=1)
     learner = Learner(tiny_model_path, "float32", lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),

@@ -1,0 +1,74 @@
+"""Placement on the CPU with fake GPUs (the test Ray has two): which actor lands in which bundle."""
+import re
+import time
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+TINY = ["rollout.backend=hf", "model.dtype=float32", "rollout.cpus_per_worker=1", "trainer.cpus_per_learner=1"]
+
+
+def _where(actor) -> dict:
+    """The placement group the actor runs in, and its GPU ids and GPU share."""
+    import ray
+
+    def inspect(_):
+        context = ray.get_runtime_context()
+        return {"group": context.get_placement_group_id(), "gpus": context.get_accelerator_ids()["GPU"],
+                "share": context.get_assigned_resources().get("GPU", 0.0)}
+
+    return ray.get(actor.__ray_call__.remote(inspect))
+
+
+def _workers(cfg, model_path):
+    from pipeline.workers import Workers
+
+    workers = Workers(cfg, model_path)
+    learner, rollout = _where(workers.learner), [_where(a) for a in workers.rollout.actors]
+    groups = [g.id.hex() for g in workers.placement.groups]
+    workers.shutdown()
+    return learner, rollout, groups
+
+
+def test_colocate_puts_the_learner_and_the_rollout_worker_in_one_bundle_on_one_gpu(ray_session, tiny_model_path):
+    cfg = load_config("configs/single_gpu.yaml", [f"model.path={tiny_model_path}", *TINY])
+    learner, (rollout,), (group,) = _workers(cfg, tiny_model_path)
+    assert learner["group"] == rollout["group"] == group
+    assert learner["gpus"] == rollout["gpus"] and len(learner["gpus"]) == 1
+    assert (learner["share"], rollout["share"]) == (0.5, 0.5)
+
+
+def test_split_gives_rollout_and_learner_their_own_groups_and_gpus(ray_session, tiny_model_path):
+    cfg = load_config("configs/debug_cpu.yaml", [*TINY, "placement.mode=split", "trainer.gpus_per_learner=1",
+                                                 "rollout.gpus_per_worker=0.5", "rollout.num_workers=2"])
+    learner, rollout, (learner_group, rollout_group) = _workers(cfg, tiny_model_path)
+    assert learner["group"] == learner_group and [r["group"] for r in rollout] == [rollout_group] * 2
+    assert learner["share"] == 1.0 and [r["share"] for r in rollout] == [0.5, 0.5]
+    assert not set(learner["gpus"]) & {g for r in rollout for g in r["gpus"]}  # rollout GPUs apart from the learner's
+
+
+def test_a_placement_the_cluster_cannot_grant_fails_fast_and_names_the_resources(ray_session, tiny_model_path):
+    import ray
+
+    from pipeline.placement import PlacementError
+    from pipeline.workers import Workers
+
+    cfg = load_config("configs/debug_cpu.yaml", [*TINY, "placement.mode=split", "trainer.gpus_per_learner=1",
+                                                 "rollout.gpus_per_worker=1", "rollout.num_workers=2", "placement.timeout_s=2"])
+    with pytest.raises(PlacementError, match=r"rollout placement group .*'GPU': 1.0.* within 2s"):
+        Workers(cfg, tiny_model_path)
+    deadline = time.time() + 30  # the learner group it had reserved is given back (removal is asynchronous)
+    while ray.available_resources().get("GPU") != 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("GPU") == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.gpus_per_learner=1"], "placement.mode=cpu uses no GPUs"),
+    (["placement.mode=colocate", "trainer.gpus_per_learner=0.6", "rollout.gpus_per_worker=0.5"], "sum 1.1"),
+    (["placement.mode=colocate", "rollout.gpus_per_worker=0.5"], "each share > 0"),
+])
+def test_placement_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("configs/debug_cpu.yaml", overrides)
