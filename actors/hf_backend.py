@@ -32,6 +32,10 @@ class HFEngine:
 
         set_peft_model_state_dict(self.model, {k: torch.tensor(v) for k, v in adapter.items()})
 
+    def load_merged(self, weights: dict[str, torch.Tensor], version: int) -> None:
+        """Full weights, in place (the engine runs the bare model: rollout.weight_sync=merged)."""
+        self.model.load_state_dict(weights)
+
     @torch.no_grad()
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int) -> list[Completion]:
         expanded = [p for p in prompts for _ in range(sampling.n)]

@@ -145,6 +145,23 @@ class Learner:
         return {k: v.detach().cpu().numpy() for k, v in get_peft_model_state_dict(self.model).items()}
 
     @torch.no_grad()
+    def merged_state(self) -> dict[str, torch.Tensor]:
+        """Every base weight with the adapter folded in (W + scale * B A), under the base checkpoint's names:
+        what a rollout engine without LoRA support (or a merged export) reloads in place. Computed, never
+        merged into the model, so no rounding accumulates across steps."""
+        from peft.tuners.lora import LoraLayer
+
+        base = self.model.get_base_model()
+        deltas = {f"{name}.weight": module.get_delta_weight("default")
+                  for name, module in base.named_modules() if isinstance(module, LoraLayer) and "default" in module.lora_A}
+        state = {}
+        for name, tensor in base.state_dict().items():
+            if ".lora_" not in name:
+                name = name.replace(".base_layer", "")
+                state[name] = (tensor + deltas[name] if name in deltas else tensor).detach().cpu()
+        return state
+
+    @torch.no_grad()
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float | None = None) -> list[list[float]]:
         """Per-token log-probs of given completions, at the rollout temperature unless one is given."""
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)

@@ -31,13 +31,14 @@ class RolloutWorker:
         self.backend = resolve_backend(backend)
         self.engine = make_engine(self.backend, model_path=model_path, dtype=dtype, lora=lora, gpus=gpus,
                                   **(engine_options or {}))
-        self.version = -1
+        self.version, self.uses_lora = -1, lora is not None
 
-    def load_adapter(self, adapter: dict[str, Any], version: int, probe: tuple[list[int], list[int]]) -> list[float]:
-        """Install adapter `version`; return the probe completion's log-probs (temperature 1) for verification."""
-        self.engine.load_adapter(adapter, version)
+    def load_weights(self, weights: dict[str, Any], version: int, probe: tuple[list[int], list[int]]) -> tuple[list[float], int]:
+        """Install policy `version` (a LoRA adapter, or merged full weights when the worker runs no adapter);
+        return the probe completion's log-probs (temperature 1), for verification, and the bytes received."""
+        (self.engine.load_adapter if self.uses_lora else self.engine.load_merged)(weights, version)
         self.version = version
-        return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
+        return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0], sum(v.nbytes for v in weights.values())
 
     def sleep(self) -> float:
         """Free the engine's GPU memory while the learner trains; returns the GiB it gave back."""

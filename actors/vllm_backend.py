@@ -32,7 +32,8 @@ class VLLMEngine:
         from vllm import LLM
 
         options: dict[str, Any] = dict(model=model_path, dtype=dtype, enforce_eager=not on_gpu, seed=0,
-                                       logprobs_mode="processed_logprobs", max_model_len=max_model_len)
+                                       logprobs_mode="processed_logprobs", max_model_len=max_model_len,
+                                       worker_extension_cls="actors.vllm_backend.WeightReloader")
         if on_gpu:  # sleep mode needs vLLM's CUDA memory pool; on the CPU there is nothing to free
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
         self.can_sleep = on_gpu and sleep_mode
@@ -78,6 +79,16 @@ class VLLMEngine:
             shutil.rmtree(previous.lora_path, ignore_errors=True)
         self.llm.reset_prefix_cache()
 
+    def load_merged(self, weights: dict[str, torch.Tensor], version: int) -> None:
+        """Full weights reloaded in place through a file (a path crosses vLLM's process boundary; tensors do not)."""
+        from safetensors.torch import save_file
+
+        path = self.adapter_root / "merged.safetensors"
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+        self.llm.collective_rpc("rlpost_reload_weights", args=(str(path),))
+        path.unlink()
+        self.llm.reset_prefix_cache()
+
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int) -> list[Completion]:
         from vllm import SamplingParams
 
@@ -110,3 +121,12 @@ class VLLMEngine:
             positions = output.prompt_logprobs[len(prompt): len(prompt) + len(completion)]
             rows.append([step[token].logprob for step, token in zip(positions, completion)])
         return rows
+
+
+class WeightReloader:
+    """vLLM worker extension: `collective_rpc("rlpost_reload_weights", args=(path,))` on every worker."""
+
+    def rlpost_reload_weights(self, path: str) -> None:
+        from safetensors.torch import load_file
+
+        self.reload_weights(weights_iterator=iter(load_file(path).items()))

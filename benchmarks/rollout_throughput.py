@@ -3,8 +3,10 @@
     python benchmarks/rollout_throughput.py [--prompts 64 --n 8 --new-tokens 8 --repeats 3] [--model PATH]
 
 Same prompts and sampling settings through (a) `vllm.LLM.generate`, (b) RolloutWorker(backend=vllm),
-(c) RolloutWorker(backend=hf), all in this process on the same model. Prints generated tokens/s,
-the ratios b/a (wrapper overhead) and b/c, and the time and size of one verified adapter sync.
+(c) RolloutWorker(backend=hf), (d) RolloutWorker(backend=vllm) serving merged weights (no LoRA), all in
+this process on the same model. Prints generated tokens/s, the ratios b/a (wrapper overhead), b/c and
+d/b, and the time and size of one verified weight sync: adapter (b) vs merged full weights reloaded in
+place (d), each including the learner's side (reading out the adapter / folding it into every weight).
 Writes benchmarks/results/rollout_throughput.json.
 """
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main() -> None:
     lora = cfg.lora.model_dump()
     hf = RolloutWorker(path, "float32", lora, "hf", cpus=os.cpu_count() or 1, gpus=0)
     ours = RolloutWorker(path, "float32", lora, "vllm", cpus=os.cpu_count() or 1, gpus=0)
+    merged = RolloutWorker(path, "float32", None, "vllm", cpus=os.cpu_count() or 1, gpus=0)
     texts = [p for p, _ in generate_split("sort_6", args.prompts, 0, seed=0)[0]]
     prompts = [PromptSpec(i, hf.engine.tokenizer(t, add_special_tokens=False)["input_ids"]) for i, t in enumerate(texts)]
     sampling = SamplingSpec(n=args.n, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
@@ -67,27 +70,33 @@ def main() -> None:
     bare_s, bare_out = median_time(lambda: bare.generate(inputs, params, use_tqdm=False), args.repeats)
     bare_tokens = sum(len(o.token_ids) for r in bare_out for o in r.outputs)
     rows = {"a_bare_vllm": (bare_s, bare_tokens)}
-    for name, worker in (("b_rlpost_vllm", ours), ("c_rlpost_hf", hf)):
+    for name, worker in (("b_rlpost_vllm", ours), ("c_rlpost_hf", hf), ("d_rlpost_vllm_merged", merged)):
         seconds, out = median_time(lambda w=worker: w.generate(prompts, sampling), args.repeats)
         rows[name] = (seconds, sum(len(c.token_ids) for c in out))
 
     learner = Learner(path, "float32", lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(), 1.0, args.new_tokens, 0)
-    adapter = learner.adapter_state()
     probe = (prompts[0].prompt_ids, prompts[0].prompt_ids[:4])
-    sync_s, _ = median_time(lambda: ours.load_adapter(adapter, int(time.time() * 1000) % 10**6, probe), args.repeats)
+    versions = iter(range(1, 10**6))
+    sync = {}
+    for kind, state, worker in (("adapter", learner.adapter_state, ours), ("merged", learner.merged_state, merged)):
+        seconds, (_, nbytes) = median_time(lambda: worker.load_weights(state(), next(versions), probe), args.repeats)
+        sync[kind] = {"seconds": seconds, "bytes": nbytes}
 
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "model": path,
               "samples": args.prompts * args.n, "max_new_tokens": args.new_tokens,
               "tokens_per_s": {k: t / s for k, (s, t) in rows.items()}, "seconds": {k: s for k, (s, _) in rows.items()},
-              "adapter_sync_s": sync_s, "adapter_bytes": sum(v.nbytes for v in adapter.values())}
+              "sync": sync, "sync_ratio_merged_over_adapter": sync["merged"]["seconds"] / sync["adapter"]["seconds"]}
     tps = result["tokens_per_s"]
     result["ratio_b_over_a"] = tps["b_rlpost_vllm"] / tps["a_bare_vllm"]
     result["ratio_b_over_c"] = tps["b_rlpost_vllm"] / tps["c_rlpost_hf"]
-    print(f"{'engine':<16}{'seconds':>10}{'tokens/s':>12}")
+    result["ratio_d_over_b"] = tps["d_rlpost_vllm_merged"] / tps["b_rlpost_vllm"]
+    print(f"{'engine':<22}{'seconds':>10}{'tokens/s':>12}")
     for name, (seconds, tokens) in rows.items():
-        print(f"{name:<16}{seconds:>10.3f}{tokens / seconds:>12.0f}")
-    print(f"b/a = {result['ratio_b_over_a']:.2f}   b/c = {result['ratio_b_over_c']:.2f}")
-    print(f"adapter sync (write + load + verify probe): {sync_s * 1000:.0f} ms for {result['adapter_bytes'] / 1e6:.2f} MB")
+        print(f"{name:<22}{seconds:>10.3f}{tokens / seconds:>12.0f}")
+    print(f"b/a = {result['ratio_b_over_a']:.2f}   b/c = {result['ratio_b_over_c']:.2f}   d/b = {result['ratio_d_over_b']:.2f}")
+    for kind, row in sync.items():
+        print(f"{kind} sync (learner read-out + transfer file + load + verify probe): {row['seconds'] * 1000:.1f} ms "
+              f"for {row['bytes'] / 1e6:.2f} MB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -67,6 +67,9 @@ class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    weight_sync: Literal["adapter", "merged"] = Field("adapter", description="adapter: the LoRA adapter goes to the "
+                                                      "rollout engines; merged: full weights with the adapter folded in, "
+                                                      "reloaded in place (engines then run no LoRA)")
     chunks_per_worker: int = Field(2, ge=1, description="prompts go out in this many chunks per worker, each to the next free worker")
     worker_deadline_s: float = Field(600.0, gt=0, description="a rollout worker silent this long on one chunk is killed, restarted, the chunk redone")
     max_restarts: int = Field(5, ge=-1, description="times Ray restarts a dead rollout worker (-1 = always)")

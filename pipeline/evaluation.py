@@ -56,7 +56,7 @@ def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dic
         if adapter_dir is not None:
             weights = {k: v.cpu().numpy() for k, v in load_peft_weights(str(adapter_dir)).items()}
             probe = next(iter(test.values()))[0][0]
-            workers.load_adapter(ray.put(weights), 0, (probe, probe[:1]))
+            workers.load_weights(ray.put(weights), 0, (probe, probe[:1]))
         return evaluate(workers, test, cfg, seed=cfg.run.seed)
     finally:
         workers.shutdown()

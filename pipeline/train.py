@@ -104,7 +104,7 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
         (run_dir / "lora_layout.json").write_text(json.dumps(layout, indent=2))
     tracker = Tracker(cfg, run_dir, resume_step=state["step"] if cfg.run.resume else None, wandb_id=state["wandb_id"])
     probe = _probe(train_prompts)
-    workers.sync_adapter(state["step"], probe)
+    workers.sync_weights(state["step"], probe)
     if cfg.eval.before and not cfg.run.resume:
         state["before"] = _evaluate(workers, test_prompts, cfg, sampler, tracker, step=0)
 
@@ -127,9 +127,9 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
             raise TrainingDiverged(f"{consecutive_skips} updates in a row were skipped (non-finite loss or gradient norm, or "
                                    f"norm >= trainer.grad_skip_thresh); stopping instead of training on garbage")
         with timer("sync"):
-            adapter_bytes = workers.sync_adapter(step, probe)
+            sync_bytes = workers.sync_weights(step, probe)
         metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
-                   "time/step": time.perf_counter() - step_start, "sync/adapter_bytes": adapter_bytes,
+                   "time/step": time.perf_counter() - step_start, "sync/bytes": sync_bytes,
                    **workers.fault_counters()}
         tracker.log(step, metrics)
         if cfg.tracking.samples_every and step % cfg.tracking.samples_every == 0:

@@ -59,7 +59,7 @@ def _start_reward_worker(cfg: Config):
 class Policy:
     """What every rollout worker must be running: the adapter version and the probe that proves it."""
 
-    adapter: Any  # object ref to the adapter's tensors
+    weights: Any  # object ref to the adapter's (or the merged model's) tensors
     version: int
     probe: tuple[list[int], list[int]]
     expected: list[float]  # the learner's probe log-probs
@@ -77,7 +77,8 @@ class Workers:
         self.learner = ray.remote(Learner).options(**self.placement.learners[0]).remote(
             model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
-        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, lora, options) for options in self.placement.rollout],
+        served = None if cfg.rollout.weight_sync == "merged" else lora  # merged: engines run the bare model, reloaded in place
+        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options) for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
         self.reward = WorkerPool("reward", [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)],
                                  cfg.reward.worker_deadline_s)
@@ -139,26 +140,28 @@ class Workers:
         finally:
             self.rollout.broadcast(lambda w: w.wake_up.remote())
 
-    def sync_adapter(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
-        """Send the learner's LoRA adapter to every rollout worker and verify it took effect.
+    def sync_weights(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
+        """Send the learner's policy (its LoRA adapter, or merged full weights with rollout.weight_sync=merged)
+        to every rollout worker and verify it took effect.
 
         Each worker returns its log-probs of a fixed probe completion; they must match the
         learner's, so a rollout worker can never silently keep sampling from a stale policy.
-        Returns the adapter's size in bytes.
+        Returns the bytes each worker received.
         """
-        adapter = self.learner.adapter_state.remote()
+        merged = self.cfg.rollout.weight_sync == "merged"
+        weights = (self.learner.merged_state if merged else self.learner.adapter_state).remote()
         expected = ray.get(self.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))[0]
-        self.load_adapter(adapter, version, probe, expected, tolerance)
-        return sum(v.nbytes for v in ray.get(adapter).values())
+        return self.load_weights(weights, version, probe, expected, tolerance)
 
-    def load_adapter(self, adapter, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None = None,
-                     tolerance: float = 1e-3) -> None:
-        """Install adapter `version` on every rollout worker; each must reproduce the `expected` probe
+    def load_weights(self, weights, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None = None,
+                     tolerance: float = 1e-3) -> int:
+        """Install policy `version` on every rollout worker; each must reproduce the `expected` probe
         log-probs (default: the first worker's). A worker Ray restarts later gets it again."""
-        got = self.rollout.broadcast(lambda w: w.load_adapter.remote(adapter, version, probe))
-        self.policy = Policy(adapter, version, probe, got[0] if expected is None else expected, tolerance)
-        for i, values in enumerate(got):
+        got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe))
+        self.policy = Policy(weights, version, probe, got[0][0] if expected is None else expected, tolerance)
+        for i, (values, _) in enumerate(got):
             self._verify(i, values)
+        return got[0][1]
 
     def _install_policy(self, worker) -> None:
         """Bring a restarted rollout worker back to the current policy (and EVA layout), verified."""
@@ -166,7 +169,8 @@ class Workers:
             ray.get(worker.reshape_lora.remote(self.layout))
         if self.policy is not None:
             p = self.policy
-            self._verify(self.rollout.actors.index(worker), ray.get(worker.load_adapter.remote(p.adapter, p.version, p.probe)))
+            values, _ = ray.get(worker.load_weights.remote(p.weights, p.version, p.probe))
+            self._verify(self.rollout.actors.index(worker), values)
 
     def _verify(self, i: int, values: list[float]) -> None:
         gap = max(abs(a - b) for a, b in zip(values, self.policy.expected))

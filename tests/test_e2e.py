@@ -76,13 +76,13 @@ def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_mo
     workers = Workers(cfg, tiny_model_path)
     try:
         probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
-        workers.sync_adapter(0, probe)
+        workers.sync_weights(0, probe)
         before = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout.actors])
         completions = workers.generate([PromptSpec(g, probe[0]) for g in range(2)], SamplingSpec(n=4, temperature=1.0, max_new_tokens=4, seed=1))
         advantages = [1.0 if i % 2 else -1.0 for i in range(len(completions))]
         workers.update(TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
                                   [c.group_id for c in completions]))
-        workers.sync_adapter(1, probe)
+        workers.sync_weights(1, probe)
         after = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout.actors])
         learner = ray.get(workers.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))
         for b, a in zip(before, after):
@@ -90,6 +90,20 @@ def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_mo
             assert np.allclose(a, learner, atol=1e-5)  # ... to exactly the learner's
     finally:
         workers.shutdown()
+
+
+def test_merged_full_weight_sync_trains_with_every_reload_verified(ray_session, tiny_model_path, tmp_path):
+    _, adapter_run = _run(tmp_path, "adapter", "eval.before=false", "eval.after=false", "tracking.wandb=disabled")
+    _, merged_run = _run(tmp_path, "merged", "rollout.weight_sync=merged", "eval.before=false", "eval.after=false",
+                         "tracking.wandb=disabled")
+    adapter_rows, merged_rows = _metrics(adapter_run), _metrics(merged_run)
+    assert all(r["train/logprob_gap_max"] < 1e-3 for r in merged_rows)  # the engine's bare model = learner's base + adapter
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    assert merged_rows[0]["sync/bytes"] == sum(t.numel() * t.element_size() for t in base.values())  # every weight travels
+    assert adapter_rows[0]["sync/bytes"] < merged_rows[0]["sync/bytes"] / 4
+    assert [r["reward/mean"] for r in merged_rows] == pytest.approx([r["reward/mean"] for r in adapter_rows], abs=0.1)
 
 
 class _LearnerSendingWrongWeights:
@@ -116,7 +130,7 @@ def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_sessi
     try:
         workers.learner = _LearnerSendingWrongWeights(real_learner)
         with pytest.raises(SyncError, match="rollout worker 0 disagrees with the learner after sync v0"):
-            workers.sync_adapter(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
+            workers.sync_weights(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
     finally:
         workers.learner = real_learner
         workers.shutdown()

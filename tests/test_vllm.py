@@ -58,7 +58,7 @@ def test_synced_adapters_match_the_learner_and_old_versions_are_dropped(engines,
     probe = (PROMPTS[0], [16, 15, 14, 13, 1])
     expected = learner.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
     for version in range(1, 31):  # thousands of steps in miniature
-        got = {name: ray.get(w.load_adapter.remote(adapter, version, probe)) for name, w in engines.items()}
+        got = {name: ray.get(w.load_weights.remote(adapter, version, probe))[0] for name, w in engines.items()}
     for values in got.values():
         assert np.allclose(values, expected, atol=1e-4)
     greedy = SamplingSpec(n=1, temperature=0.0, max_new_tokens=8)
@@ -66,6 +66,31 @@ def test_synced_adapters_match_the_learner_and_old_versions_are_dropped(engines,
     on_disk, loaded = ray.get(engines["vllm"].__ray_call__.remote(
         lambda worker: (len(list(worker.engine.adapter_root.iterdir())), len(worker.engine.llm.llm_engine.list_loras()))))
     assert on_disk == 1 and loaded <= 1
+
+
+def test_merged_full_weights_are_reloaded_in_place_and_match_the_learner(ray_session, tiny_model_path):
+    import ray
+
+    from actors.rollout import RolloutWorker
+
+    learner = _trained_adapter(tiny_model_path)
+    merged = ray.put(learner.merged_state())
+    probe = (PROMPTS[0], [16, 15, 14, 13, 1])
+    expected = learner.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
+    bare = {name: ray.remote(RolloutWorker).options(num_cpus=1).remote(tiny_model_path, "float32", None, name, 1, 0)
+            for name in ("hf", "vllm")}  # no LoRA: the engines run the bare model
+    try:
+        greedy = SamplingSpec(n=1, temperature=0.0, max_new_tokens=8)
+        before = _generate(bare["vllm"], greedy)
+        for name, worker in bare.items():
+            values, nbytes = ray.get(worker.load_weights.remote(merged, 1, probe))
+            assert np.allclose(values, expected, atol=1e-4), name
+            assert nbytes == sum(t.numel() * t.element_size() for t in learner.merged_state().values())
+        after = {name: [c.token_ids for c in _generate(w, greedy)] for name, w in bare.items()}
+        assert after["vllm"] == after["hf"] and after["vllm"] != [c.token_ids for c in before]
+    finally:
+        for worker in bare.values():
+            ray.kill(worker)
 
 
 def test_sampling_options_are_honoured(engines):
