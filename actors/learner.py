@@ -28,7 +28,8 @@ class Learner:
         self.lora, self.algo, self.trainer = lora, algorithm, trainer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self._build_optimizer()
-        self.shuffle = torch.Generator().manual_seed(seed)
+        self.shuffle = torch.Generator().manual_seed(seed)  # the same on every rank: all see the same mini-batches
+        self.rank, self.world = 0, 1
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -43,31 +44,74 @@ class Learner:
         self._build_optimizer()  # EVA replaced the adapter's parameters
         return layout
 
+    # --- data parallelism ---------------------------------------------------------------------
+
+    def rendezvous(self) -> str:
+        """Rank 0: a free TCP address on its node for the process group (no fixed port to collide)."""
+        import socket
+
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return f"tcp://{host}:{sock.getsockname()[1]}"
+
+    def join_group(self, address: str, rank: int, world: int) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=address, rank=rank, world_size=world)
+        self.rank, self.world = rank, world
+        with torch.no_grad():  # start from rank 0's adapter, as DDP does
+            for param in self.model.parameters():
+                if param.requires_grad:
+                    dist.broadcast(param.data, src=0)
+
+    def _my_rows(self, group_ids: list[int]) -> torch.Tensor:
+        """This rank's samples: whole groups, dealt round-robin in order of first appearance."""
+        rank_of = {g: i % self.world for i, g in enumerate(dict.fromkeys(group_ids))}
+        return torch.tensor([rank_of[g] == self.rank for g in group_ids], device=self.device)
+
+    def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return tensor
+
     # --- the update ------------------------------------------------------------------------
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        """mu epochs of clipped-surrogate updates over mini-batches of `batch`; returns metrics."""
+        """mu epochs of clipped-surrogate updates over mini-batches of `batch`; returns metrics.
+
+        With data parallelism every rank holds the whole (small) token batch but computes only its
+        own groups; each mini-batch is the same global set of samples on every rank, normalised by
+        the global token / sequence counts, so summing gradients across ranks gives exactly the
+        single-learner gradient (spec §1.7)."""
         ids, attention, mask = pad_sequences(batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id, self.device)
         behaviour_mask = mask
         if batch.loss_mask:
             mask = mask * torch.tensor(batch.loss_mask, dtype=mask.dtype, device=self.device).unsqueeze(-1)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
-        old = self._logprobs_no_grad(ids, attention)  # pi_old recomputed here: the ratio is exactly 1 at first
+        mine = self._my_rows(batch.group_ids)
+        old = self._logprobs_no_grad(ids, attention, rows=mine)  # pi_old recomputed here: the ratio is exactly 1 at first
         kl_in_loss = self.algo["kl_coef"] > 0 and self.algo["kl_in"] == "loss"
-        ref = self._logprobs_no_grad(ids, attention, adapter=False) if kl_in_loss else None
+        ref = self._logprobs_no_grad(ids, attention, adapter=False, rows=mine) if kl_in_loss else None
         weights = self._tis_weights(old, behaviour_mask, batch.behaviour_logprobs)
         metrics: dict[str, list[float]] = {}
         for _ in range(self.algo["ppo_epochs"]):
             order = torch.randperm(len(ids), generator=self.shuffle)
             for mb in order.split(self.trainer["minibatch_size"]):
-                step_metrics = self._optimizer_step(ids[mb], attention[mb], mask[mb], advantages[mb], old[mb],
-                                                    None if ref is None else ref[mb], weights[mb])
+                totals = dict(total_tokens=max(mask[mb].sum().item(), 1.0), total_seqs=float(len(mb)), max_len=float(self.max_new_tokens))
+                local = mb[mine[mb]]
+                step_metrics = self._optimizer_step(ids[local], attention[local], mask[local], advantages[local], old[local],
+                                                    None if ref is None else ref[local], weights[local], totals)
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
         summary["skipped_steps"] = float(sum(metrics["skipped_steps"]))
         summary["all_skipped"] = float(all(metrics["skipped_steps"]))
-        summary.update(self._behaviour_gap(old, behaviour_mask, batch.behaviour_logprobs))
+        summary.update(self._behaviour_gap(old[mine], behaviour_mask[mine], batch.behaviour_logprobs, mine))
         return summary
 
     @torch.no_grad()
@@ -87,8 +131,8 @@ class Learner:
             weights = torch.where(mask.bool(), torch.exp(old - rollout).clamp(max=self.algo["tis_cap"]), weights)
         return weights
 
-    def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights) -> dict[str, float]:
-        totals = dict(total_tokens=max(mask.sum().item(), 1.0), total_seqs=float(len(ids)), max_len=float(self.max_new_tokens))
+    def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights, totals: dict[str, float]) -> dict[str, float]:
+        """One optimizer step on this rank's rows of a mini-batch; `totals` are the whole mini-batch's."""
         aggregate = core_algos.LOSS_AGGREGATIONS[self.algo["loss_agg_mode"]]
         self.optimizer.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)
@@ -110,8 +154,14 @@ class Learner:
             sums["pg_loss"] += (pg.detach() * m).sum().item() / tokens
             sums["clipfrac"] += (info["clipped"] * m).sum().item() / tokens
             sums["entropy"] += (entropy * m).sum().item() / tokens
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], self.trainer["grad_clip"]))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.world > 1:  # each rank's loss is its share of the global one: gradients and metrics add up
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads]))
+            for p, g in zip(params, flat.split([g.numel() for g in grads])):
+                p.grad = g.view_as(p)
+            sums = dict(zip(sums, self._all_reduce(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.trainer["grad_clip"]))
         threshold = self.trainer["grad_skip_thresh"]
         skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])) or (threshold is not None and grad_norm >= threshold)
         if skipped:  # never train on garbage: the weights and the optimizer state stay as they were
@@ -122,20 +172,24 @@ class Learner:
         return {**sums, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped_steps": float(skipped)}
 
     @torch.no_grad()
-    def _logprobs_no_grad(self, ids, attention, adapter: bool = True) -> torch.Tensor:
-        """Per-token log-probs in micro-batches; adapter=False gives the reference (base) policy."""
-        chunks = []
+    def _logprobs_no_grad(self, ids, attention, adapter: bool = True, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token log-probs in micro-batches (of `rows` only; zeros elsewhere); adapter=False gives the reference policy."""
+        out = torch.zeros((len(ids), ids.shape[1] - 1), device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
+        selected = torch.arange(len(ids), device=ids.device) if rows is None else rows.nonzero().squeeze(-1)
         with contextlib.nullcontext() if adapter else self.model.disable_adapter():
-            for micro in torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"]):
-                chunks.append(token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0])
-        return torch.cat(chunks)
+            for micro in selected.split(self.trainer["micro_batch_size"]):
+                out[micro] = token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0]
+        return out
 
-    def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]]) -> dict[str, float]:
+    def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]], mine: torch.Tensor) -> dict[str, float]:
         """How far the rollout engine's log-probs are from the learner's (a stale or mismatched policy shows here)."""
         if not behaviour:
             return {}
-        gaps = [abs(a - b) for learner_row, rollout_row in zip(unpad(old, mask), behaviour) for a, b in zip(learner_row, rollout_row)]
-        return {"logprob_gap_mean": float(np.mean(gaps)), "logprob_gap_max": float(np.max(gaps))}
+        rows = [row for row, keep in zip(behaviour, mine.tolist()) if keep]
+        gaps = [abs(a - b) for learner_row, rollout_row in zip(unpad(old, mask), rows) for a, b in zip(learner_row, rollout_row)]
+        total = self._all_reduce(torch.tensor([sum(gaps), len(gaps)], dtype=torch.float64))
+        largest = self._all_reduce(torch.tensor([max(gaps, default=0.0)], dtype=torch.float64), op="max")
+        return {"logprob_gap_mean": float(total[0] / max(total[1], 1)), "logprob_gap_max": float(largest[0])}
 
     # --- weights, probes and checkpoints --------------------------------------------------------
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 class ModelLoadError(ValueError):
@@ -131,7 +131,8 @@ def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id
 
 def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float, with_entropy: bool = False):
     """log pi(token_{t+1} | prefix) at the sampling temperature for every position (and entropy)."""
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision up to float32; float64 stays
     logits = logits / (temperature if temperature > 0 else 1.0)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -32,13 +32,22 @@ VICTIMS = ("ray::RolloutWorker", "ray::Scorer")
 
 
 def ray_processes() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if any(part.startswith("ray::") for part in p.info["cmdline"] or [])]
+    """This run's actors: the local Ray started by this driver runs as its descendants."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if any(part.startswith("ray::") for part in proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
 
 
 def rss_gib() -> float:
-    procs = [psutil.Process(), *ray_processes()]
+    """The driver and every process of its Ray (raylet, GCS, workers)."""
+    me = psutil.Process()
     total = 0
-    for proc in procs:
+    for proc in [me, *me.children(recursive=True)]:
         try:
             total += proc.memory_info().rss
         except psutil.Error:
@@ -60,7 +69,7 @@ class Chaos(threading.Thread):
             if time.monotonic() < next_kill:
                 continue
             kind = VICTIMS[turn % len(VICTIMS)]
-            victims = [p for p in ray_processes() if any(part.startswith(kind) for part in p.info["cmdline"])]
+            victims = [p for p in ray_processes() if any(part.startswith(kind) for part in p.cmdline())]
             if victims:
                 self.rng.choice(victims).send_signal(signal.SIGKILL)
                 self.kills[kind] += 1

@@ -55,15 +55,15 @@ def find_checkpoint(run_dir: Path, resume: str) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: Path, learner: Any, cfg: Config) -> dict[str, Any]:
-    """Restore the learner from `path` (after checking the config is compatible); return the driver state."""
+def load_checkpoint(path: Path, learners: list[Any], cfg: Config) -> dict[str, Any]:
+    """Restore every learner rank from `path` (after checking the config is compatible); return the driver state."""
     saved = yaml.safe_load((path / "config.yaml").read_text())
     current = cfg.model_dump()
     different = [key for key in COMPATIBILITY_KEYS if _lookup(saved, key) != _lookup(current, key)]
     if different:
         details = "; ".join(f"{k}: checkpoint {_lookup(saved, k)!r}, now {_lookup(current, k)!r}" for k in different)
         raise CheckpointError(f"checkpoint {path} was written under an incompatible config ({details})")
-    ray.get(learner.load.remote(str(path)))
+    ray.get([learner.load.remote(str(path)) for learner in learners])
     return pickle.loads((path / "driver_state.pkl").read_bytes())
 
 

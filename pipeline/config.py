@@ -35,7 +35,7 @@ class TinyModelConfig(Section):
 
 class ModelConfig(Section):
     path: str | None = Field(None, description="local Hugging Face causal-LM directory; empty = build the tiny model")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field("float32", description="float64: for exactness checks (hf backend)")
     tiny: TinyModelConfig = TinyModelConfig()
 
 
@@ -205,6 +205,8 @@ class TrainerConfig(Section):
     grad_skip_thresh: float | None = Field(None, gt=0, description="skip an optimizer step whose gradient norm is >= this "
                                            "(non-finite norms are always skipped); the unlikeliness recipe uses 20")
     max_consecutive_skips: int = Field(10, ge=1, description="stop the run after this many skipped updates in a row")
+    num_learners: int = Field(1, ge=1, description="data-parallel learner actors (one torch.distributed group: gloo on "
+                              "the CPU, NCCL on GPUs); each takes whole groups, gradients are summed")
     cpus_per_learner: float = Field(1.0, gt=0)
     gpus_per_learner: float = Field(0.0, ge=0)
 
@@ -297,6 +299,8 @@ class Config(Section):
         if self.algorithm.overlong_buffer_len > self.rollout.max_new_tokens:
             raise ValueError(f"algorithm.overlong_buffer_len={self.algorithm.overlong_buffer_len} must be <= "
                              f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
+        if self.trainer.num_learners > 1 and self.lora.init == "eva":
+            raise ValueError("lora.init=eva runs on one learner: set trainer.num_learners=1 (or lora.init=default)")
         self._check_placement()
         return self
 
@@ -306,9 +310,9 @@ class Config(Section):
         if mode == "cpu" and any(gpus.values()):
             raise ValueError(f"placement.mode=cpu uses no GPUs, but {gpus}; choose placement.mode=colocate (one GPU) or split")
         if mode == "colocate":
-            shared = self.trainer.gpus_per_learner + self.rollout.num_workers * self.rollout.gpus_per_worker
+            shared = self.trainer.num_learners * self.trainer.gpus_per_learner + self.rollout.num_workers * self.rollout.gpus_per_worker
             if not all(gpus.values()) or shared > 1:
-                raise ValueError(f"placement.mode=colocate shares one GPU: trainer.gpus_per_learner + rollout.num_workers * "
+                raise ValueError(f"placement.mode=colocate shares one GPU: trainer.num_learners * trainer.gpus_per_learner + rollout.num_workers * "
                                  f"rollout.gpus_per_worker must be in (0, 1], each share > 0; got {gpus} (sum {shared:g})")
 
 

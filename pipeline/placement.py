@@ -35,7 +35,7 @@ class Placement:
             remove_placement_group(group)
 
 
-def plan(cfg: Config, learners: int = 1) -> Placement:
+def plan(cfg: Config, learners: int) -> Placement:
     r, t, mode = cfg.rollout, cfg.trainer, cfg.placement.mode
     learner = {"num_cpus": t.cpus_per_learner, "num_gpus": t.gpus_per_learner}
     worker = {"num_cpus": r.cpus_per_worker, "num_gpus": r.gpus_per_worker}

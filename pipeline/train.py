@@ -96,7 +96,7 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
     state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
     checkpoint = find_checkpoint(run_dir, cfg.run.resume) if cfg.run.resume else None
     if checkpoint:
-        state = load_checkpoint(checkpoint, workers.learner, cfg)
+        state = load_checkpoint(checkpoint, workers.learners, cfg)
         sampler.load_state_dict(state["sampler"])
     if cfg.lora.init == "eva":  # the adapter's per-layer shape comes from EVA, or from the checkpoint
         layout = layout_of(checkpoint / "adapter") if checkpoint else _eva_layout(cfg, workers, train_prompts)

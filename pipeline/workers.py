@@ -72,11 +72,15 @@ class Workers:
 
     def __init__(self, cfg: Config, model_path: str, with_learner: bool = True):
         self.cfg, self.policy, self.layout = cfg, None, None
-        self.placement = plan(cfg, learners=1 if with_learner else 0)
+        self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
         lora = cfg.lora.model_dump()
-        self.learner = ray.remote(Learner).options(**self.placement.learners[0]).remote(
+        self.learners = [ray.remote(Learner).options(**options).remote(
             model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
-            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) if with_learner else None
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]
+        self.learner = self.learners[0] if self.learners else None  # rank 0: sends weights, scores probes, saves
+        if len(self.learners) > 1:
+            address = ray.get(self.learner.rendezvous.remote())
+            ray.get([learner.join_group.remote(address, rank, len(self.learners)) for rank, learner in enumerate(self.learners)])
         served = None if cfg.rollout.weight_sync == "merged" else lora  # merged: engines run the bare model, reloaded in place
         self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options) for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
@@ -133,12 +137,22 @@ class Workers:
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """One learner update; with rollout.sleep_while_training the rollout engines free their GPU memory meanwhile."""
         if not self.cfg.rollout.sleep_while_training:
-            return ray.get(self.learner.update.remote(batch))
+            return self.on_learners("update", batch)
         freed = self.rollout.broadcast(lambda w: w.sleep.remote())
         try:
-            return {**ray.get(self.learner.update.remote(batch)), "rollout_sleep_freed_gib": sum(freed)}
+            return {**self.on_learners("update", batch), "rollout_sleep_freed_gib": sum(freed)}
         finally:
             self.rollout.broadcast(lambda w: w.wake_up.remote())
+
+    def on_learners(self, method: str, *args: Any) -> Any:
+        """Call `method` on every learner rank (they step together); rank 0's result. The first rank
+        to fail raises at once, while the others may still be blocked in a collective."""
+        refs = [getattr(learner, method).remote(*args) for learner in self.learners]
+        pending = refs
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready[0])
+        return ray.get(refs[0])
 
     def sync_weights(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
         """Send the learner's policy (its LoRA adapter, or merged full weights with rollout.weight_sync=merged)
@@ -185,9 +199,8 @@ class Workers:
 
     def shutdown(self) -> None:
         pools = [self.rollout, self.reward, self.consensus]
-        for actor in [self.learner, *(a for pool in pools if pool for a in pool.actors)]:
-            if actor is not None:
-                ray.kill(actor)
+        for actor in [*self.learners, *(a for pool in pools if pool for a in pool.actors)]:
+            ray.kill(actor)
         self.placement.release()
 
 
