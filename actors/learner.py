@@ -94,10 +94,12 @@ class Learner:
             mask = mask * torch.tensor(batch.loss_mask, dtype=mask.dtype, device=self.device).unsqueeze(-1)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
         mine = self._my_rows(batch.group_ids)
-        old = self._logprobs_no_grad(ids, attention, rows=mine)  # pi_old recomputed here: the ratio is exactly 1 at first
+        recomputed = self._logprobs_no_grad(ids, attention, rows=mine)  # as pi_old, the ratio is exactly 1 at first
+        behaviour = self._as_tensor(batch.behaviour_logprobs, behaviour_mask, like=recomputed)
+        old = behaviour if batch.old_from_behaviour else recomputed
         kl_in_loss = self.algo["kl_coef"] > 0 and self.algo["kl_in"] == "loss"
         ref = self._logprobs_no_grad(ids, attention, adapter=False, rows=mine) if kl_in_loss else None
-        weights = self._tis_weights(old, behaviour_mask, batch.behaviour_logprobs)
+        weights = self._tis_weights(recomputed, behaviour, behaviour_mask) if self.algo["tis_cap"] and behaviour is not None else torch.ones_like(old)
         metrics: dict[str, list[float]] = {}
         for _ in range(self.algo["ppo_epochs"]):
             order = torch.randperm(len(ids), generator=self.shuffle)
@@ -111,7 +113,7 @@ class Learner:
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
         summary["skipped_steps"] = float(sum(metrics["skipped_steps"]))
         summary["all_skipped"] = float(all(metrics["skipped_steps"]))
-        summary.update(self._behaviour_gap(old[mine], behaviour_mask[mine], batch.behaviour_logprobs, mine))
+        summary.update(self._behaviour_gap(recomputed[mine], behaviour_mask[mine], batch.behaviour_logprobs, mine))
         return summary
 
     @torch.no_grad()
@@ -122,14 +124,18 @@ class Learner:
                                    self.algo["kl_type"])
         return (kl * mask).sum(-1).tolist()
 
-    def _tis_weights(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]]) -> torch.Tensor:
-        """Per-token min(pi_learner / pi_rollout, cap) with algorithm.tis_cap, else ones."""
-        weights = torch.ones_like(old)
-        if self.algo["tis_cap"] and behaviour:
-            rollout = torch.zeros_like(old)
-            rollout[mask.bool()] = torch.tensor([v for row in behaviour for v in row], dtype=old.dtype, device=old.device)
-            weights = torch.where(mask.bool(), torch.exp(old - rollout).clamp(max=self.algo["tis_cap"]), weights)
-        return weights
+    @staticmethod
+    def _as_tensor(rows: list[list[float]], mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """Per-token values (one row per sample) laid out like the model's log-probs; None when there are none."""
+        if not rows:
+            return None
+        out = torch.zeros_like(like)
+        out[mask.bool()] = torch.tensor([v for row in rows for v in row], dtype=like.dtype, device=like.device)
+        return out
+
+    def _tis_weights(self, learner: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token min(pi_learner / pi_rollout, algorithm.tis_cap)."""
+        return torch.where(mask.bool(), torch.exp(learner - rollout).clamp(max=self.algo["tis_cap"]), torch.ones_like(learner))
 
     def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights, totals: dict[str, float]) -> dict[str, float]:
         """One optimizer step on this rank's rows of a mini-batch; `totals` are the whole mini-batch's."""

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True, serialize_by_alias=True)
 
 
 class TinyModelConfig(Section):
@@ -70,6 +70,9 @@ class RolloutConfig(Section):
     weight_sync: Literal["adapter", "merged"] = Field("adapter", description="adapter: the LoRA adapter goes to the "
                                                       "rollout engines; merged: full weights with the adapter folded in, "
                                                       "reloaded in place (engines then run no LoRA)")
+    async_: bool = Field(False, alias="async", description="generate step t+1's batch while the learner trains on step t "
+                         "(one-step off-policy: the clipped ratio is taken against the behaviour log-probs, or, with "
+                         "algorithm.tis_cap, against the learner's and weighted by the truncated IS ratio)")
     chunks_per_worker: int = Field(2, ge=1, description="prompts go out in this many chunks per worker, each to the next free worker")
     worker_deadline_s: float = Field(600.0, gt=0, description="a rollout worker silent this long on one chunk is killed, restarted, the chunk redone")
     max_restarts: int = Field(5, ge=-1, description="times Ray restarts a dead rollout worker (-1 = always)")
@@ -358,7 +361,7 @@ def format_validation_error(err: ValidationError) -> str:
         key = ".".join(loc) or "<root>"
         given = e.get("input")
         if e["type"] == "extra_forbidden":
-            allowed = sorted(_section_at(loc[:-1]).model_fields)
+            allowed = sorted(f.alias or n for n, f in _section_at(loc[:-1]).model_fields.items())
             lines.append(f"  {key}: unknown key (given {given!r}); allowed keys here: {', '.join(allowed)}")
         else:
             lines.append(f"  {key}: {e['msg']} (given {given!r})")
@@ -390,7 +393,7 @@ def describe_options(model: type[BaseModel] = Config, prefix: str = "") -> list[
     """One line per leaf option (`section.key  type  default  description`) for `--help`."""
     lines = []
     for name, field in model.model_fields.items():
-        annotation = field.annotation
+        annotation, name = field.annotation, field.alias or name
         if _is_section(annotation):
             lines += describe_options(annotation, f"{prefix}{name}.")
             continue

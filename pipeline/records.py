@@ -40,3 +40,4 @@ class TrainBatch:
     group_ids: list[int]
     behaviour_logprobs: list[list[float]] = field(default_factory=list)
     loss_mask: list[bool] = field(default_factory=list)  # False = sample left out of the loss (overlong filtering)
+    old_from_behaviour: bool = False  # clip the ratio against the behaviour log-probs (off-policy samples)

@@ -15,6 +15,7 @@ from pipeline.config import Config
 from pipeline.consensus_reward import consensus_rewards
 from pipeline.data import columnar
 from pipeline.records import Completion, PromptSpec, SamplingSpec
+from pipeline.tracking import PhaseTimer
 from rewards.scoring import Scores
 
 
@@ -34,6 +35,7 @@ class StepBatch:
     trained: list[bool] = field(default_factory=list)
     gen_rounds: int = 0
     consensus_metrics: list[dict[str, float]] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)  # time/generate, time/score
 
     def extend(self, completions: list[Completion], sources: list[str], columns: list[dict], scores: Scores,
                correct: list[bool]) -> None:
@@ -57,8 +59,9 @@ def mixed_groups(values: list[float], group_ids: list[int]) -> set[int]:
 
 
 def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[int], dict]]], workers,
-            sampling: SamplingSpec, timer) -> StepBatch:
-    """Generate, score and filter until the step's batch is complete (phases timed by `timer`)."""
+            sampling: SamplingSpec) -> StepBatch:
+    """Generate, score and filter until the step's batch is complete (phases timed in `batch.times`)."""
+    timer = PhaseTimer()
     algo = cfg.algorithm
     filtering = algo.filter_groups or (cfg.reward.unlikeliness.beta_rank > 0 and cfg.reward.unlikeliness.filter_groups)
     target = cfg.trainer.prompts_per_step
@@ -82,10 +85,10 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
         next_group += per_round
         if filtering:
             _drop_uniform_groups(batch, start, cfg)
-        if not algo.dynamic_sampling:
-            return batch
-        if len(batch.kept_groups()) >= target:
-            _keep_first_groups(batch, target)
+        if not algo.dynamic_sampling or len(batch.kept_groups()) >= target:
+            if algo.dynamic_sampling:
+                _keep_first_groups(batch, target)
+            batch.times = timer.pop()
             return batch
         if 0 < algo.max_gen_rounds <= batch.gen_rounds:
             raise DynamicSamplingError(

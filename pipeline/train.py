@@ -10,6 +10,7 @@ import random
 import signal
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,8 @@ def train(cfg: Config) -> dict[str, Any]:
     init_ray(cfg)
     workers = Workers(cfg, model_path)
     try:
-        with StopRequest() as stop:
-            return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, stop)
+        with StopRequest() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollouts") as background:
+            return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, stop, background)
     except RayActorError as err:  # the pools recover rollout and reward workers: an actor error here is the learner's
         try:
             where = f"the latest checkpoint is {find_checkpoint(run_dir, 'auto')} (continue with resume=auto)"
@@ -92,7 +93,8 @@ def train(cfg: Config) -> dict[str, Any]:
         workers.shutdown()  # also when the run stops on an error: no actor outlives it
 
 
-def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, stop: StopRequest) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, stop: StopRequest,
+           background: ThreadPoolExecutor) -> dict[str, Any]:
     state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
     checkpoint = find_checkpoint(run_dir, cfg.run.resume) if cfg.run.resume else None
     if checkpoint:
@@ -111,24 +113,32 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
     def sample_prompts(n: int) -> list[tuple[str, list[int], dict]]:
         return [(s, *train_prompts[s][i]) for s, i in sampler.sample(n)]
 
-    timer, reward_curve, consecutive_skips = PhaseTimer(), state["reward_curve"], 0
+    def collect_step(step: int) -> StepBatch:
+        return collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step))
+
+    timer, reward_curve, consecutive_skips, ahead = PhaseTimer(), state["reward_curve"], 0, None
     for step in range(state["step"] + 1, cfg.trainer.steps + 1):
         step_start = time.perf_counter()
-        batch = collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step), timer)
+        batch = ahead.result() if ahead else collect_step(step)
         trained = [batch.completions[i] for i in trained_indices(batch)]
         kl = workers.reference_kl(trained) if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None
         advantages, shaping = compute_advantages(cfg, batch, kl)
         per_sample = _per_sample(advantages, batch)
         sampler.update(batch.sources, per_sample)  # dropped groups count as |A| = 0
+        # rollout.async: the next batch is generated (by the policy before this update) while the learner trains
+        ahead = background.submit(collect_step, step + 1) if cfg.rollout.async_ and step < cfg.trainer.steps else None
         with timer("train"):
             train_metrics = workers.update(_train_batch(cfg, trained, advantages)) if trained else {"skipped": 1.0}
+        with timer("wait_for_rollouts"):
+            if ahead:
+                ahead.result()  # a weight sync must not land between the chunks of a generation
         consecutive_skips = consecutive_skips + 1 if train_metrics.get("all_skipped") else 0
         if consecutive_skips >= cfg.trainer.max_consecutive_skips:
             raise TrainingDiverged(f"{consecutive_skips} updates in a row were skipped (non-finite loss or gradient norm, or "
                                    f"norm >= trainer.grad_skip_thresh); stopping instead of training on garbage")
         with timer("sync"):
             sync_bytes = workers.sync_weights(step, probe)
-        metrics = {**_step_metrics(cfg, batch, train_metrics, sampler, timer.pop()), **shaping,
+        metrics = {**_step_metrics(cfg, step, batch, train_metrics, sampler, {**batch.times, **timer.pop()}), **shaping,
                    "time/step": time.perf_counter() - step_start, "sync/bytes": sync_bytes,
                    **workers.fault_counters()}
         tracker.log(step, metrics)
@@ -232,16 +242,19 @@ def _sample_rows(batch: StepBatch, advantages: list[float], n: int) -> list[dict
 
 
 def _train_batch(cfg: Config, trained: list[Completion], advantages: list[float]) -> TrainBatch:
+    """The learner's view of the trained samples. Off-policy (rollout.async) samples are clipped against
+    the policy that generated them, unless truncated IS (algorithm.tis_cap) corrects them instead."""
     truncated = [c.finish_reason == "length" and len(c.token_ids) >= cfg.rollout.max_new_tokens for c in trained]
     return TrainBatch(
         prompt_ids=[c.prompt_ids for c in trained], completion_ids=[c.token_ids for c in trained],
         advantages=advantages, group_ids=[c.group_id for c in trained],
         behaviour_logprobs=[c.logprobs for c in trained],
         loss_mask=[not t for t in truncated] if cfg.algorithm.overlong_filtering else [],
+        old_from_behaviour=cfg.rollout.async_ and not cfg.algorithm.tis_cap,
     )
 
 
-def _step_metrics(cfg: Config, batch: StepBatch, train_metrics: dict[str, float], sampler,
+def _step_metrics(cfg: Config, step: int, batch: StepBatch, train_metrics: dict[str, float], sampler,
                   times: dict[str, float]) -> dict[str, float]:
     scores, completions = batch.scores, batch.completions
     correct = [float(ok) for ok in batch.correct]
@@ -272,6 +285,7 @@ def _step_metrics(cfg: Config, batch: StepBatch, train_metrics: dict[str, float]
     lengths = [len(c.token_ids) for c in completions]
     metrics["response/length_mean"] = float(np.mean(lengths))
     metrics["response/truncated_frac"] = float(np.mean([c.finish_reason == "length" for c in completions]))
+    metrics["rollout/staleness"] = float(np.mean([step - 1 - c.policy_version for c in completions]))  # updates behind the learner
     metrics.update(times)
     metrics["throughput/gen_tokens_per_s"] = sum(lengths) / max(times.get("time/generate", 0.0), 1e-9)
     return metrics

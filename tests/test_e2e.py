@@ -92,6 +92,14 @@ def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_mo
         workers.shutdown()
 
 
+def test_async_rollouts_train_one_step_off_policy(ray_session, tiny_model_path, tmp_path):
+    _, run_dir = _run(tmp_path, "async", "rollout.async=true", "trainer.steps=4", "eval.before=false", "tracking.wandb=disabled")
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]  # step t trains on samples of policy t-2
+    assert all("time/wait_for_rollouts" in r and r["train/logprob_gap_max"] > 0 for r in rows[1:])
+
+
 def test_merged_full_weight_sync_trains_with_every_reload_verified(ray_session, tiny_model_path, tmp_path):
     _, adapter_run = _run(tmp_path, "adapter", "eval.before=false", "eval.after=false", "tracking.wandb=disabled")
     _, merged_run = _run(tmp_path, "merged", "rollout.weight_sync=merged", "eval.before=false", "eval.after=false",

@@ -47,6 +47,19 @@ def test_first_pass_is_on_policy_and_the_adapter_moves(tiny_model_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, _lora_params(learner)))
 
 
+def test_off_policy_samples_are_clipped_against_the_policy_that_generated_them(tiny_model_path):
+    learner = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    batch = _batch()
+    exact = learner.sequence_logprobs(batch.prompt_ids, batch.completion_ids)
+    batch.behaviour_logprobs = [[v - 0.5 for v in row] for row in exact]  # the generating policy liked these tokens less
+    batch.old_from_behaviour = True
+    metrics = learner.update(batch)
+    # ratio = e^0.5 = 1.65 > 1 + 0.2 everywhere: exactly the tokens with A > 0 are clipped
+    positive = sum(len(c) for c, a in zip(batch.completion_ids, batch.advantages) if a > 0)
+    assert metrics["clipfrac"] == pytest.approx(positive / sum(map(len, batch.completion_ids)))
+    assert metrics["logprob_gap_mean"] == pytest.approx(0.5, abs=1e-5)  # the gap is still measured against the learner
+
+
 def test_overlong_filtering_masks_the_loss_of_truncated_samples(tiny_model_path):
     masked = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
     batch = _batch()
@@ -67,7 +80,8 @@ def test_truncated_importance_sampling_reweights_tokens_by_the_rollout_gap(tiny_
         learner.update(batch)
     for a, b in zip(_first_moments(plain), _first_moments(capped)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
-    weights = capped._tis_weights(torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), [[-2.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    weights = capped._tis_weights(torch.zeros(1, 3), capped._as_tensor([[-2.0, 1.0]], mask, like=torch.zeros(1, 3)), mask)
     assert weights.tolist() == [[2.0, pytest.approx(0.3679, abs=1e-4), 1.0]]  # min(e^2, 2), e^-1, padding
 
 

@@ -5,7 +5,6 @@ from pipeline.advantages import compute_advantages
 from pipeline.config import load_config
 from pipeline.records import Completion, SamplingSpec
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect, mixed_groups
-from pipeline.tracking import PhaseTimer
 from rewards.overlong import soft_overlong_penalty
 from rewards.scoring import Scorer
 
@@ -42,7 +41,7 @@ def _prompts(n):
 def test_dynamic_sampling_fills_the_batch_with_mixed_groups():
     cfg = load_config(None, ["algorithm.name=dapo", "trainer.prompts_per_step=4", "rollout.n=2", "algorithm.gen_prompts_per_round=3"])
     workers = ScriptedWorkers(period=4)  # with n=2, only groups g % 4 in {0, 3} are mixed
-    batch = collect(cfg, _prompts, workers, SamplingSpec(n=2, temperature=1.0), PhaseTimer())
+    batch = collect(cfg, _prompts, workers, SamplingSpec(n=2, temperature=1.0))
     assert len(batch.kept_groups()) == 4 and sum(batch.trained) == 8
     assert batch.gen_rounds == workers.calls and batch.gen_rounds >= 2
     assert len(batch.completions) == 2 * 3 * batch.gen_rounds  # metrics see everything generated
@@ -53,18 +52,18 @@ def test_dynamic_sampling_fills_the_batch_with_mixed_groups():
 def test_dynamic_sampling_gives_up_after_max_rounds():
     cfg = load_config(None, ["algorithm.name=dapo", "trainer.prompts_per_step=4", "rollout.n=2", "algorithm.max_gen_rounds=3"])
     with pytest.raises(DynamicSamplingError, match="after 3 generation rounds"):
-        collect(cfg, _prompts, ScriptedWorkers(period=1), SamplingSpec(n=2, temperature=1.0), PhaseTimer())
+        collect(cfg, _prompts, ScriptedWorkers(period=1), SamplingSpec(n=2, temperature=1.0))
 
 
 def test_without_filtering_everything_is_trained_in_one_round():
     cfg = load_config(None, ["trainer.prompts_per_step=4", "rollout.n=2"])
-    batch = collect(cfg, _prompts, ScriptedWorkers(period=1), SamplingSpec(n=2, temperature=1.0), PhaseTimer())
+    batch = collect(cfg, _prompts, ScriptedWorkers(period=1), SamplingSpec(n=2, temperature=1.0))
     assert batch.gen_rounds == 1 and all(batch.trained)
 
 
 def test_unlikeliness_filters_uniform_groups_and_ranks_within_groups():
     cfg = load_config(None, ["trainer.prompts_per_step=4", "rollout.n=4", "reward.unlikeliness.beta_rank=0.25"])
-    batch = collect(cfg, _prompts, ScriptedWorkers(period=2), SamplingSpec(n=4, temperature=1.0), PhaseTimer())
+    batch = collect(cfg, _prompts, ScriptedWorkers(period=2), SamplingSpec(n=4, temperature=1.0))
     assert all(batch.trained)  # period 2: every group has 2 of 4 correct
     advantages, metrics = compute_advantages(cfg, batch)
     # sample i has mean log-prob -0.1 (i + 1): sample 0 is the most likely (rank 3 of 4)
