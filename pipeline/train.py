@@ -105,6 +105,7 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
         workers.reshape_lora(layout)
         (run_dir / "lora_layout.json").write_text(json.dumps(layout, indent=2))
     tracker = Tracker(cfg, run_dir, resume_step=state["step"] if cfg.run.resume else None, wandb_id=state["wandb_id"])
+    (run_dir / "placement.json").write_text(json.dumps(workers.where(), indent=2))
     probe = _probe(train_prompts)
     workers.sync_weights(state["step"], probe)
     if cfg.eval.before and not cfg.run.resume:

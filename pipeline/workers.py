@@ -192,6 +192,17 @@ class Workers:
             raise SyncError(f"rollout worker {i} disagrees with the learner after sync v{self.policy.version}: "
                             f"max |logprob gap| {gap:.2e} > {self.policy.tolerance:.0e}")
 
+    def where(self) -> list[dict[str, Any]]:
+        """Which node and GPUs each learner rank and rollout worker got (written to the run directory)."""
+        def locate(_):
+            context = ray.get_runtime_context()
+            return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                    "gpus": context.get_accelerator_ids().get("GPU", [])}
+
+        roles = [("learner", i, a) for i, a in enumerate(self.learners)] + [("rollout", i, a) for i, a in enumerate(self.rollout.actors)]
+        found = ray.get([actor.__ray_call__.remote(locate) for _, _, actor in roles])
+        return [{"role": role, "index": i, **place} for (role, i, _), place in zip(roles, found)]
+
     def fault_counters(self) -> dict[str, float]:
         """Cumulative restarts and redone work (groups for rollouts, samples for rewards)."""
         return {"faults/rollout_restarts": self.rollout.counters.restarts, "faults/rollout_redone_groups": self.rollout.counters.redone,
