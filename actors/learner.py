@@ -70,7 +70,7 @@ class Learner:
     def _my_rows(self, group_ids: list[int]) -> torch.Tensor:
         """This rank's samples: whole groups, dealt round-robin in order of first appearance."""
         rank_of = {g: i % self.world for i, g in enumerate(dict.fromkeys(group_ids))}
-        return torch.tensor([rank_of[g] == self.rank for g in group_ids], device=self.device)
+        return torch.tensor([rank_of[g] == self.rank for g in group_ids])  # on the CPU, like the shuffle order it indexes
 
     def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.world > 1:
@@ -209,6 +209,22 @@ class Learner:
         """Every base weight with the adapter folded in (W + scale * B A), under the base checkpoint's names:
         what a rollout engine without LoRA support (or a merged export) reloads in place. Computed, never
         merged into the model, so no rounding accumulates across steps."""
+        return {name: tensor.cpu() for name, tensor in self._merged_weights().items()}
+
+    @torch.no_grad()
+    def merged_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
+        """Log-probs under the merged weights themselves: what an engine given `merged_state` must reproduce
+        (in bf16 the once-rounded W + BA is not the adapter applied on the fly)."""
+        from torch.func import functional_call
+
+        merged, base = self._merged_weights(), self.model.get_base_model()
+        params = {name: merged[name.replace(".base_layer", "")] for name, _ in base.named_parameters() if ".lora_" not in name}
+        ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
+        with self.model.disable_adapter():
+            logp, _ = token_logprobs(lambda **inputs: functional_call(base, params, args=(), kwargs=inputs), ids, attention, temperature)
+        return unpad(logp, mask)
+
+    def _merged_weights(self) -> dict[str, torch.Tensor]:
         from peft.tuners.lora import LoraLayer
 
         base = self.model.get_base_model()
@@ -218,7 +234,7 @@ class Learner:
         for name, tensor in base.state_dict().items():
             if ".lora_" not in name:
                 name = name.replace(".base_layer", "")
-                state[name] = (tensor + deltas[name] if name in deltas else tensor).detach().cpu()
+                state[name] = (tensor + deltas[name]).to(tensor.dtype) if name in deltas else tensor
         return state
 
     @torch.no_grad()

@@ -5,7 +5,9 @@
 Needs only torch, transformers, peft, pydantic and pyyaml (no Ray, no vLLM): it drives the same
 plain classes the Ray actors wrap. Prints generated tokens/s, learner step time and trained
 tokens/s, and checks that an adapter synced from the learner gives the rollout engine the same
-log-probs. Writes benchmarks/results/gpu_check.json (or --out).
+log-probs; times an adapter sync against a merged full-weight sync (reloaded in place into an engine
+without LoRA, verified the same way), and measures what the engine's sleep frees while the learner
+trains. Writes benchmarks/results/gpu_check.json (or --out).
 """
 from __future__ import annotations
 
@@ -88,6 +90,28 @@ def main() -> None:
     learner_lp = learner.sequence_logprobs([probe[0]], [probe[1]])[0]
     gap = max(abs(a - b) for a, b in zip(rollout_lp, learner_lp))
 
+    bare = HFEngine(path, args.dtype, None, gpus=1)  # rollout.weight_sync=merged: the engine runs no LoRA
+    sync = {}
+    for kind, send in (("adapter", lambda: engine.load_adapter(learner.adapter_state(), 2)),
+                       ("merged", lambda: bare.load_merged(learner.merged_state(), 2))):
+        send()  # warm-up
+        times, _ = timed(send, args.repeats)
+        sync[kind] = {"seconds_median": statistics.median(times)}
+    sync["adapter"]["bytes"] = sum(v.nbytes for v in learner.adapter_state().values())
+    sync["merged"]["bytes"] = sum(t.numel() * t.element_size() for t in learner.merged_state().values())
+    merged_lp = bare.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0]
+    expected_lp = learner.merged_logprobs([probe[0]], [probe[1]], 1.0)[0]
+    sync["merged"]["max_logprob_gap"] = max(abs(a - b) for a, b in zip(merged_lp, expected_lp))
+    sync["merged"]["max_gap_to_adapter_on_the_fly"] = max(abs(a - b) for a, b in zip(merged_lp, learner_lp))
+
+    greedy = SamplingSpec(n=1, temperature=0.0, max_new_tokens=16)
+    before_sleep = [c.token_ids for c in engine.generate(prompts[:8], greedy, 2)]
+    allocated = torch.cuda.memory_allocated()
+    engine.sleep()
+    freed_gib = (allocated - torch.cuda.memory_allocated()) / 2**30
+    engine.wake_up()
+    same_after_wake = [c.token_ids for c in engine.generate(prompts[:8], greedy, 2)] == before_sleep
+
     result = {
         "device": torch.cuda.get_device_name(0),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
@@ -101,6 +125,8 @@ def main() -> None:
                     "trained_tokens_per_s": gen_tokens / statistics.median(train_times),
                     "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "last_metrics": metrics},
         "adapter_sync_max_logprob_gap": gap,
+        "sync": sync, "sync_ratio_merged_over_adapter": sync["merged"]["seconds_median"] / sync["adapter"]["seconds_median"],
+        "sleep": {"freed_gib": freed_gib, "same_greedy_output_after_wake": same_after_wake},
     }
     print(f"device            {result['device']}  ({n_params / 1e6:.0f}M params, {args.dtype}, LoRA r={lora['rank']})")
     print(f"hf rollout        {len(completions)} samples, {gen_tokens} tokens in {statistics.median(gen_times):.2f}s"
@@ -108,6 +134,10 @@ def main() -> None:
     print(f"learner update    {statistics.median(train_times):.2f}s per update of {len(completions)} samples"
           f" = {result['learner']['trained_tokens_per_s']:.0f} trained tok/s, peak {result['learner']['peak_memory_gib']:.1f} GiB")
     print(f"adapter sync      max |logprob gap| learner vs rollout = {gap:.2e}")
+    for kind, row in sync.items():
+        print(f"{kind + ' sync':<18}{row['seconds_median'] * 1000:.1f} ms for {row['bytes'] / 1e6:.1f} MB")
+    print(f"merged sync       max |logprob gap| = {sync['merged']['max_logprob_gap']:.2e}")
+    print(f"engine sleep      freed {freed_gib:.2f} GiB; same greedy output after wake-up: {same_after_wake}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

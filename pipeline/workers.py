@@ -164,7 +164,8 @@ class Workers:
         """
         merged = self.cfg.rollout.weight_sync == "merged"
         weights = (self.learner.merged_state if merged else self.learner.adapter_state).remote()
-        expected = ray.get(self.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))[0]
+        expected = ray.get((self.learner.merged_logprobs if merged else self.learner.sequence_logprobs).remote(
+            [probe[0]], [probe[1]], 1.0))[0]
         return self.load_weights(weights, version, probe, expected, tolerance)
 
     def load_weights(self, weights, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None = None,
