@@ -97,7 +97,7 @@ class Workers:
         Each chunk is sampled with its own seed, so results do not depend on which worker ran it
         (a chunk redone after a worker died gives the same samples)."""
         version = self.policy.version if self.policy else None
-        chunks = _chunks(prompts, len(self.rollout.actors) * self.cfg.rollout.chunks_per_worker)
+        chunks = _chunks(prompts, len(self.rollout.actors), self.cfg.rollout.chunks_per_worker)
         parts = self.rollout.map(chunks, lambda w, c, chunk: w.generate.remote(
             chunk, replace(sampling, seed=sampling.seed * 1000 + c), version))
         return sorted((c for part in parts for c in part), key=lambda c: c.group_id)  # stable: keeps sample order
@@ -110,7 +110,7 @@ class Workers:
         """Scores from all reward workers in parallel. A worker that dies is restarted and its samples
         re-scored; one that misses the deadline (hung in native code, say) is killed and restarted,
         and its samples are scored as timeouts."""
-        chunks = _chunks(list(range(len(completions))), len(self.reward.actors) * 2)
+        chunks = _chunks(list(range(len(completions))), len(self.reward.actors), 2)
 
         def hung(idx: list[int]) -> Scores:
             return Scores(total=[self.cfg.reward.failure_score] * len(idx), components={}, timeouts=len(idx),
@@ -126,7 +126,7 @@ class Workers:
     def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) from the consensus scoring model (the policy unless configured)."""
         pool, version = (self.consensus, None) if self.consensus else (self.rollout, self.policy.version)
-        chunks = _chunks(list(range(len(prompts))), len(pool.actors) * self.cfg.rollout.chunks_per_worker)
+        chunks = _chunks(list(range(len(prompts))), len(pool.actors), self.cfg.rollout.chunks_per_worker)
         parts = pool.map(chunks, lambda w, c, idx: w.score_texts.remote(
             [prompts[i] for i in idx], [continuations[i] for i in idx], version))
         return [v for part in parts for v in part]
@@ -216,7 +216,9 @@ class Workers:
         self.placement.release()
 
 
-def _chunks(items: list, n: int) -> list[list]:
-    """Up to n contiguous, near-equal, non-empty chunks; group ids travel with the items, so order never matters."""
+def _chunks(items: list, workers: int, per_worker: int) -> list[list]:
+    """Contiguous, near-equal, non-empty chunks, `per_worker` for each of several workers (one worker
+    gets one chunk: one big batch is fastest); group ids travel with the items, so order never matters."""
+    n = workers * per_worker if workers > 1 else 1
     size = math.ceil(len(items) / n) if items else 1
     return [items[i : i + size] for i in range(0, len(items), size)]
