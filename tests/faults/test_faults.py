@@ -61,6 +61,13 @@ class Saboteur(threading.Thread):
         self.hits: list[int] = []
         self.done = threading.Event()
 
+    def __enter__(self) -> "Saboteur":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+
     def run(self) -> None:
         metrics = self.run_dir / "metrics.jsonl"
         for after in self.after_steps:
@@ -89,12 +96,8 @@ def reference(ray_session, tiny_model_path, tmp_path_factory) -> list[dict]:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_killed_rollout_workers_are_restarted_and_the_run_is_unchanged(reference, tmp_path, seed):
-    saboteur = Saboteur(tmp_path / "run", "RolloutWorker", seed, times=2)
-    saboteur.start()
-    try:
+    with Saboteur(tmp_path / "run", "RolloutWorker", seed, times=2) as saboteur:
         _train(tmp_path / "run", "rollout.max_restarts=4")
-    finally:
-        saboteur.done.set()
     rows = _metrics(tmp_path / "run")
     assert saboteur.hits and rows[-1]["faults/rollout_restarts"] >= 1
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # no step lost or duplicated
@@ -102,24 +105,16 @@ def test_killed_rollout_workers_are_restarted_and_the_run_is_unchanged(reference
 
 
 def test_a_killed_reward_worker_is_restarted_and_its_samples_rescored(reference, tmp_path):
-    saboteur = Saboteur(tmp_path / "run", "Scorer", seed=3, times=2)
-    saboteur.start()
-    try:
+    with Saboteur(tmp_path / "run", "Scorer", seed=3, times=2) as saboteur:
         _train(tmp_path / "run")
-    finally:
-        saboteur.done.set()
     rows = _metrics(tmp_path / "run")
     assert saboteur.hits and rows[-1]["faults/reward_restarts"] >= 1
     assert _stable(rows) == _stable(reference)
 
 
 def test_a_frozen_rollout_worker_is_treated_as_dead_after_its_deadline(reference, tmp_path):
-    saboteur = Saboteur(tmp_path / "run", "RolloutWorker.generate", seed=4, sig=signal.SIGSTOP, max_delay_s=0.0)
-    saboteur.start()
-    try:
+    with Saboteur(tmp_path / "run", "RolloutWorker.generate", seed=4, sig=signal.SIGSTOP, max_delay_s=0.0) as saboteur:
         _train(tmp_path / "run", "rollout.worker_deadline_s=5")
-    finally:
-        saboteur.done.set()
     rows = _metrics(tmp_path / "run")
     assert saboteur.hits and rows[-1]["faults/rollout_restarts"] == 1 and rows[-1]["faults/rollout_redone_groups"] >= 1
     assert _stable(rows) == _stable(reference)
@@ -128,13 +123,9 @@ def test_a_frozen_rollout_worker_is_treated_as_dead_after_its_deadline(reference
 def test_a_worker_that_stays_dead_stops_the_run_with_a_clear_message(ray_session, tiny_model_path, tmp_path):
     from pipeline.worker_pool import WorkerLost
 
-    saboteur = Saboteur(tmp_path / "run", "RolloutWorker", seed=5, times=1)
-    saboteur.start()
-    try:
+    with Saboteur(tmp_path / "run", "RolloutWorker", seed=5, times=1):
         with pytest.raises(WorkerLost, match="did not come back"):
             _train(tmp_path / "run", "rollout.max_restarts=0", "trainer.steps=20")
-    finally:
-        saboteur.done.set()
 
 
 def test_a_dead_learner_ends_the_run_cleanly_and_it_resumes_to_the_same_metrics(reference, tmp_path):
@@ -142,12 +133,9 @@ def test_a_dead_learner_ends_the_run_cleanly_and_it_resumes_to_the_same_metrics(
 
     saboteur = Saboteur(tmp_path / "run", "Learner", seed=6)
     saboteur.after_steps = [3]  # after the step-2 checkpoint
-    saboteur.start()
-    try:
+    with saboteur:
         with pytest.raises(LearnerDied, match=r"the latest checkpoint is .*step_00000[24].*resume=auto"):
             _train(tmp_path / "run")
-    finally:
-        saboteur.done.set()
     _train(tmp_path / "run", "run.resume=auto")
     assert _stable(_metrics(tmp_path / "run")) == _stable(reference)
 
