@@ -50,6 +50,7 @@ def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dic
     from pipeline.workers import Workers, init_ray
 
     _, test = tokenized_prompts(cfg, base_path)
+    cfg.rollout.weight_sync = "adapter"  # a saved adapter is served as one, whatever the run synced
     init_ray(cfg)
     workers = Workers(cfg, base_path, with_learner=False)
     try:
