@@ -84,7 +84,7 @@ class VLLMEngine:
         from safetensors.torch import save_file
 
         path = self.adapter_root / "merged.safetensors"
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+        save_file(_unshared(weights), str(path))
         self.llm.collective_rpc("rlpost_reload_weights", args=(str(path),))
         path.unlink()
         self.llm.reset_prefix_cache()
@@ -121,6 +121,16 @@ class VLLMEngine:
             positions = output.prompt_logprobs[len(prompt): len(prompt) + len(completion)]
             rows.append([step[token].logprob for step, token in zip(positions, completion)])
         return rows
+
+
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tied weights (lm_head = embed_tokens) share storage, which safetensors refuses; vLLM needs both names."""
+    seen, out = set(), {}
+    for name, tensor in weights.items():
+        storage = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if storage in seen else tensor.contiguous()
+        seen.add(storage)
+    return out
 
 
 class WeightReloader:
