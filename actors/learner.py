@@ -29,7 +29,7 @@ class Learner:
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self._build_optimizer()
         self.shuffle = torch.Generator().manual_seed(seed)  # the same on every rank: all see the same mini-batches
-        self.rank, self.world = 0, 1
+        self.rank, self.world, self.fsdp = 0, 1, False
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -57,7 +57,7 @@ class Learner:
             sock.bind((host, 0))
             return f"tcp://{host}:{sock.getsockname()[1]}"
 
-    def join_group(self, address: str, rank: int, world: int) -> None:
+    def join_group(self, address: str, rank: int, world: int, fsdp: bool = False) -> None:
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=address, rank=rank, world_size=world)
@@ -66,11 +66,32 @@ class Learner:
             for param in self.model.parameters():
                 if param.requires_grad:
                     dist.broadcast(param.data, src=0)
+        if fsdp:
+            self._shard()
+
+    def _shard(self) -> None:
+        """FSDP2: every decoder layer and the root hold 1/world of their weights, gathered per layer for
+        each forward and backward; gradients are reduce-scattered. Every call that runs the model or
+        reads its weights must then run on every rank (the driver sees to that)."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        base = self.model.get_base_model()
+        for module in [m for m in base.modules() if type(m).__name__ in base._no_split_modules]:
+            fully_shard(module, mesh=mesh)
+        fully_shard(base, mesh=mesh)
+        self.fsdp = True
+        self._build_optimizer()  # the parameters are sharded tensors now
 
     def _my_rows(self, group_ids: list[int]) -> torch.Tensor:
         """This rank's samples: whole groups, dealt round-robin in order of first appearance."""
         rank_of = {g: i % self.world for i, g in enumerate(dict.fromkeys(group_ids))}
         return torch.tensor([rank_of[g] == self.rank for g in group_ids])  # on the CPU, like the shuffle order it indexes
+
+    def _forwards_to_run(self, mine: int) -> int:
+        """Under FSDP every forward is a collective, so every rank runs as many as the busiest one."""
+        return int(self._all_reduce(torch.tensor([mine]), op="max")[0]) if self.fsdp else mine
 
     def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.world > 1:
@@ -94,6 +115,7 @@ class Learner:
             mask = mask * torch.tensor(batch.loss_mask, dtype=mask.dtype, device=self.device).unsqueeze(-1)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
         mine = self._my_rows(batch.group_ids)
+        self._idle_row = (ids[:1], attention[:1])  # what a rank with fewer rows feeds FSDP's collective forwards
         recomputed = self._logprobs_no_grad(ids, attention, rows=mine)  # as pi_old, the ratio is exactly 1 at first
         behaviour = self._as_tensor(batch.behaviour_logprobs, behaviour_mask, like=recomputed)
         old = behaviour if batch.old_from_behaviour else recomputed
@@ -143,7 +165,9 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)
         tokens = totals["total_tokens"]
-        for micro in torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"]):
+        micros = torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"])
+        idle = self._forwards_to_run(len(micros)) - len(micros)  # agreed before any forward: it is a collective too
+        for micro in micros:
             logp, entropy = token_logprobs(self.model, ids[micro], attention[micro], self.temperature, with_entropy=True)
             m = mask[micro]
             pg, info = core_algos.clipped_policy_loss(
@@ -155,17 +179,20 @@ class Learner:
                 per_token = pg + self.algo["kl_coef"] * kl
                 sums["kl"] += (kl.detach() * m).sum().item() / tokens
             loss = aggregate(per_token, m, **totals)
-            loss.backward()
+            (loss * self.world if self.fsdp else loss).backward()  # FSDP averages gradients over ranks: we want their sum
             sums["loss"] += loss.item()
             sums["pg_loss"] += (pg.detach() * m).sum().item() / tokens
             sums["clipfrac"] += (info["clipped"] * m).sum().item() / tokens
             sums["entropy"] += (entropy * m).sum().item() / tokens
+        for _ in range(idle):
+            (token_logprobs(self.model, *self._idle_row, self.temperature)[0].sum() * 0).backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world > 1:  # each rank's loss is its share of the global one: gradients and metrics add up
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads]))
-            for p, g in zip(params, flat.split([g.numel() for g in grads])):
-                p.grad = g.view_as(p)
+            if not self.fsdp:  # FSDP has reduce-scattered them already
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads]))
+                for p, g in zip(params, flat.split([g.numel() for g in grads])):
+                    p.grad = g.view_as(p)
             sums = dict(zip(sums, self._all_reduce(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.trainer["grad_clip"]))
         threshold = self.trainer["grad_skip_thresh"]
@@ -182,9 +209,13 @@ class Learner:
         """Per-token log-probs in micro-batches (of `rows` only; zeros elsewhere); adapter=False gives the reference policy."""
         out = torch.zeros((len(ids), ids.shape[1] - 1), device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
         selected = torch.arange(len(ids), device=ids.device) if rows is None else rows.nonzero().squeeze(-1)
+        micros = selected.split(self.trainer["micro_batch_size"])
+        idle = self._forwards_to_run(len(micros)) - len(micros)
         with contextlib.nullcontext() if adapter else self.model.disable_adapter():
-            for micro in selected.split(self.trainer["micro_batch_size"]):
+            for micro in micros:
                 out[micro] = token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0]
+            for _ in range(idle):
+                token_logprobs(self.model, ids[:1], attention[:1], self.temperature)
         return out
 
     def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]], mine: torch.Tensor) -> dict[str, float]:
@@ -200,9 +231,18 @@ class Learner:
     # --- weights, probes and checkpoints --------------------------------------------------------
 
     def adapter_state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self._adapter_tensors().items()}
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter in peft's format; under FSDP gathered whole on rank 0 (the other ranks get {})."""
         from peft import get_peft_model_state_dict
 
-        return {k: v.detach().cpu().numpy() for k, v in get_peft_model_state_dict(self.model).items()}
+        if not self.fsdp:
+            return get_peft_model_state_dict(self.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_peft_model_state_dict(self.model, state_dict=full) if full else {}
 
     @torch.no_grad()
     def merged_state(self) -> dict[str, torch.Tensor]:
@@ -244,11 +284,14 @@ class Learner:
         return unpad(token_logprobs(self.model, ids, attention, temperature or self.temperature)[0], mask)
 
     def save(self, directory: str) -> None:
-        """Adapter in peft format plus optimizer, scheduler and RNG state, for exact resume."""
+        """Adapter in peft format plus optimizer, scheduler and RNG state, for exact resume (rank 0 writes)."""
         path = Path(directory)
-        self.model.save_pretrained(path / "adapter")
+        optimizer = self._optimizer_state()
+        self._write_adapter(path / "adapter")
+        if self.rank != 0:
+            return
         torch.save({
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "shuffle_rng": self.shuffle.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -265,9 +308,18 @@ class Learner:
         if self.lora.get("init") == "eva":  # take the saved per-layer shape before loading the weights
             self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device)
             self._build_optimizer()
-        set_peft_model_state_dict(self.model, load_peft_weights(str(path / "adapter"), device=str(self.device)))
+        weights = load_peft_weights(str(path / "adapter"), device=str(self.device))
         state = torch.load(path / "learner_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:  # whole tensors in, each rank keeps its shard
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+            names = {n.replace(".default.", "."): n for n, p in self.model.named_parameters() if p.requires_grad}
+            options = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, {names[k]: v for k, v in weights.items()}, options=options)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
+        else:
+            set_peft_model_state_dict(self.model, weights)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -275,6 +327,25 @@ class Learner:
         np.random.set_state(state["numpy_rng"])
 
     def save_adapter(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        self._write_adapter(Path(directory))
+        if self.rank == 0:
+            self.tokenizer.save_pretrained(directory)
+
+    def _write_adapter(self, path: Path) -> None:
+        if not self.fsdp:
+            self.model.save_pretrained(path)
+            return
+        from safetensors.torch import save_file
+
+        tensors = self._adapter_tensors()  # a collective: every rank takes part, rank 0 writes
+        if self.rank == 0:
+            os.makedirs(path, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "adapter_model.safetensors"))
+            self.model.peft_config["default"].save_pretrained(str(path))
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if not self.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

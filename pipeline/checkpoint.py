@@ -18,20 +18,21 @@ import yaml
 from pipeline.config import Config
 
 # Changing any of these makes a checkpoint's adapter or data cursor meaningless.
-COMPATIBILITY_KEYS = ("model.path", "model.tiny", "model.dtype", "lora", "data.sources", "data.files", "curriculum.name")
+COMPATIBILITY_KEYS = ("model.path", "model.tiny", "model.dtype", "lora", "data.sources", "data.files", "curriculum.name",
+                      "trainer.fsdp")
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(run_dir: Path, step: int, learner: Any, driver_state: dict[str, Any], cfg: Config, keep_last: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, learners: list[Any], driver_state: dict[str, Any], cfg: Config, keep_last: int) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, staging = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    ray.get(learner.save.remote(str(staging)))
+    ray.get([learner.save.remote(str(staging)) for learner in learners])  # rank 0 writes (the others help gather, under FSDP)
     (staging / "driver_state.pkl").write_bytes(pickle.dumps(driver_state))
     (staging / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     (staging / "meta.json").write_text(json.dumps({"step": step}))

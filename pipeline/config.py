@@ -210,6 +210,8 @@ class TrainerConfig(Section):
     max_consecutive_skips: int = Field(10, ge=1, description="stop the run after this many skipped updates in a row")
     num_learners: int = Field(1, ge=1, description="data-parallel learner actors (one torch.distributed group: gloo on "
                               "the CPU, NCCL on GPUs); each takes whole groups, gradients are summed")
+    fsdp: bool = Field(False, description="shard the model over the learners (FSDP2: each holds 1/N of the weights; for "
+                       "models that do not fit one device); needs num_learners >= 2")
     cpus_per_learner: float = Field(1.0, gt=0)
     gpus_per_learner: float = Field(0.0, ge=0)
 
@@ -304,6 +306,9 @@ class Config(Section):
                              f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
         if self.trainer.num_learners > 1 and self.lora.init == "eva":
             raise ValueError("lora.init=eva runs on one learner: set trainer.num_learners=1 (or lora.init=default)")
+        if self.trainer.fsdp and (self.trainer.num_learners < 2 or self.rollout.weight_sync != "adapter"):
+            raise ValueError(f"trainer.fsdp=true needs trainer.num_learners >= 2 and rollout.weight_sync=adapter (got "
+                             f"{self.trainer.num_learners} and {self.rollout.weight_sync})")
         self._check_placement()
         return self
 

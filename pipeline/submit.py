@@ -26,7 +26,7 @@ def submit(config: str, overrides: list[str], address: str, wait: bool = True) -
     args = [*[o for o in overrides if not o.startswith("run.dir=")], f"run.dir={run_dir}"]
     entrypoint = shlex.join(["python", "-m", "pipeline", "train", config, *args])
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": EXCLUDES})
+    job_id = submit_when_ready(client, entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": EXCLUDES})
     print(f"submitted {job_id} to {address}: {entrypoint}\nrun directory: {run_dir}", flush=True)
     if not wait:
         return str(client.get_job_status(job_id))
@@ -35,6 +35,19 @@ def submit(config: str, overrides: list[str], address: str, wait: bool = True) -
         time.sleep(1)
     print(f"job {job_id}: {status}", flush=True)
     return status
+
+
+def submit_when_ready(client, timeout_s: float = 120.0, **job) -> str:
+    """submit_job, retried while the head's job agent is still starting (a head just started answers
+    'No available agent to submit job' for a while)."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > give_up:
+                raise
+            time.sleep(1.0)
 
 
 async def _stream_logs(client, job_id: str) -> None:

@@ -151,14 +151,14 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
         if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or stop.signal:
             driver_state = {"step": step, "sampler": sampler.state_dict(), "reward_curve": reward_curve,
                             "before": state["before"], "wandb_id": tracker.wandb_id}
-            path = save_checkpoint(run_dir, step, workers.learner, driver_state, cfg, cfg.run.keep_last)
+            path = save_checkpoint(run_dir, step, workers.state_ranks, driver_state, cfg, cfg.run.keep_last)
         if stop.signal:
             tracker.close()
             raise RunInterrupted(f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path} "
                                  "(continue with resume=auto)")
 
     after = _evaluate(workers, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
-    ray.get(workers.learner.save_adapter.remote(str(run_dir / "final_adapter")))
+    ray.get(workers.on_rank0("save_adapter", str(run_dir / "final_adapter")))
     return _finish(tracker, run_dir, state["before"], after, reward_curve)
 
 

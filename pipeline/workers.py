@@ -78,9 +78,12 @@ class Workers:
             model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]
         self.learner = self.learners[0] if self.learners else None  # rank 0: sends weights, scores probes, saves
+        # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else rank 0
+        self.state_ranks = self.learners if cfg.trainer.fsdp else self.learners[:1]
         if len(self.learners) > 1:
             address = ray.get(self.learner.rendezvous.remote())
-            ray.get([learner.join_group.remote(address, rank, len(self.learners)) for rank, learner in enumerate(self.learners)])
+            ray.get([learner.join_group.remote(address, rank, len(self.learners), cfg.trainer.fsdp)
+                     for rank, learner in enumerate(self.learners)])
         served = None if cfg.rollout.weight_sync == "merged" else lora  # merged: engines run the bare model, reloaded in place
         self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options) for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
@@ -134,7 +137,11 @@ class Workers:
         return [v for part in parts for v in part]
 
     def reference_kl(self, completions: list[Completion]) -> list[float]:
-        return ray.get(self.learner.reference_kl.remote([c.prompt_ids for c in completions], [c.token_ids for c in completions]))
+        return ray.get(self.on_rank0("reference_kl", [c.prompt_ids for c in completions], [c.token_ids for c in completions]))
+
+    def on_rank0(self, method: str, *args: Any):
+        """Rank 0's result (an object ref) of a learner call, run on every rank that must take part."""
+        return [getattr(learner, method).remote(*args) for learner in self.state_ranks][0]
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """One learner update; with rollout.sleep_while_training the rollout engines free their GPU memory meanwhile."""
@@ -165,9 +172,8 @@ class Workers:
         Returns the bytes each worker received.
         """
         merged = self.cfg.rollout.weight_sync == "merged"
-        weights = (self.learner.merged_state if merged else self.learner.adapter_state).remote()
-        expected = ray.get((self.learner.merged_logprobs if merged else self.learner.sequence_logprobs).remote(
-            [probe[0]], [probe[1]], 1.0))[0]
+        weights = self.on_rank0("merged_state" if merged else "adapter_state")
+        expected = ray.get(self.on_rank0("merged_logprobs" if merged else "sequence_logprobs", [probe[0]], [probe[1]], 1.0))[0]
         return self.load_weights(weights, version, probe, expected, tolerance)
 
     def load_weights(self, weights, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None = None,

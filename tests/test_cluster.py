@@ -43,10 +43,24 @@ def ray_head(tiny_model_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the Ray head did not come up")
+        _wait_for_the_job_agent(address)
         yield address, env
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+
+
+def _wait_for_the_job_agent(address: str) -> None:
+    """The dashboard answers before the head's job agent does: run a trivial job through it first."""
+    from ray.job_submission import JobSubmissionClient
+
+    from pipeline.submit import submit_when_ready
+
+    client = JobSubmissionClient(address)
+    job_id = submit_when_ready(client, entrypoint="true")
+    deadline = time.time() + 120
+    while str(client.get_job_status(job_id)).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED") and time.time() < deadline:
+        time.sleep(0.5)
 
 
 def _check_run_dir(run_dir: Path):

@@ -53,7 +53,8 @@ def test_two_gloo_learners_match_one_learner_after_several_steps(ray_session, ti
             ray.kill(actor)
 
 
-def test_a_run_with_two_learners_trains_like_one_and_resumes(ray_session, tiny_model_path, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["trainer.fsdp=true"]], ids=["ddp", "fsdp"])
+def test_a_run_with_two_learners_trains_like_one_and_resumes(ray_session, tiny_model_path, tmp_path, sharding):
     import json
 
     from pipeline.train import train
@@ -65,8 +66,50 @@ def test_a_run_with_two_learners_trains_like_one_and_resumes(ray_session, tiny_m
         train(load_config("configs/debug_cpu.yaml", [*common, f"run.dir={tmp_path / name}", *extra]))
         return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
-    one, two = run("one"), run("two", "trainer.num_learners=2")
+    one, two = run("one"), run("two", "trainer.num_learners=2", *sharding)
     assert two[0]["train/grad_norm"] == pytest.approx(one[0]["train/grad_norm"], rel=1e-4)  # same batch, same gradient
     assert all(r["train/logprob_gap_max"] < 1e-3 for r in two)  # rank 0's weights reached the rollout worker, verified
-    resumed = run("two", "trainer.num_learners=2", "trainer.steps=4", "run.resume=auto")
+    resumed = run("two", "trainer.num_learners=2", *sharding, "trainer.steps=4", "run.resume=auto")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+
+
+def test_two_fsdp_learners_match_one_learner_and_resume_from_their_checkpoint(ray_session, tiny_model_path, tmp_path):
+    import ray
+
+    from actors.learner import Learner
+
+    cfg = load_config("configs/debug_cpu.yaml", ["trainer.minibatch_size=8", "trainer.micro_batch_size=3", "trainer.lr=0.01",
+                                                 "algorithm.ppo_epochs=2"])
+    args = (tiny_model_path, "float64", cfg.lora.model_dump(), cfg.algorithm.model_dump(), cfg.trainer.model_dump(), 1.0, 8, 0)
+
+    def sharded_pair():
+        pair = [ray.remote(Learner).options(num_cpus=1).remote(*args) for _ in range(2)]
+        address = ray.get(pair[0].rendezvous.remote())
+        ray.get([learner.join_group.remote(address, rank, 2, True) for rank, learner in enumerate(pair)])
+        return pair
+
+    def on_both(pair, method, *call_args):
+        return ray.get([getattr(learner, method).remote(*call_args) for learner in pair])[0]
+
+    single, pair = ray.remote(Learner).options(num_cpus=1).remote(*args), sharded_pair()
+    resumed = []
+    try:
+        batch = ray.put(_batch())
+        for _ in range(2):
+            expected = ray.get(single.update.remote(batch))
+            got = on_both(pair, "update", batch)
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-9) and got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-9)
+        reference, sharded = ray.get(single.adapter_state.remote()), on_both(pair, "adapter_state")
+        assert set(sharded) == set(reference)
+        assert max(float(np.abs(sharded[k] - reference[k]).max()) for k in reference) < 1e-9
+
+        on_both(pair, "save", str(tmp_path / "ckpt"))  # whole adapter + optimizer, gathered to rank 0
+        resumed = sharded_pair()
+        on_both(resumed, "load", str(tmp_path / "ckpt"))
+        ray.get(single.update.remote(batch))
+        on_both(resumed, "update", batch)  # the optimizer state came back too: the next step still matches
+        after, reference = on_both(resumed, "adapter_state"), ray.get(single.adapter_state.remote())
+        assert max(float(np.abs(after[k] - reference[k]).max()) for k in reference) < 1e-9
+    finally:
+        for actor in [single, *pair, *resumed]:
+            ray.kill(actor)
