@@ -30,7 +30,10 @@ def ray_head(tiny_model_path):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     dashboard = _free_port()
-    head = subprocess.Popen([f"{bin_dir}/ray", "start", "--head", f"--port={_free_port()}", "--num-cpus=4",
+    # every port chosen free: the suite's own local Ray (started earlier in this process) holds the defaults
+    ports = [f"--{name}={_free_port()}" for name in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")]
+    head = subprocess.Popen([f"{bin_dir}/ray", "start", "--head", *ports, "--num-cpus=4",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--block"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
@@ -43,24 +46,24 @@ def ray_head(tiny_model_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the Ray head did not come up")
-        _wait_for_the_job_agent(address)
+        _wait_for_the_job_agent(address, env)
         yield address, env
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
 
 
-def _wait_for_the_job_agent(address: str) -> None:
-    """The dashboard answers before the head's job agent does: run a trivial job through it first."""
-    from ray.job_submission import JobSubmissionClient
-
-    from pipeline.submit import submit_when_ready
-
-    client = JobSubmissionClient(address)
-    job_id = submit_when_ready(client, entrypoint="true")
-    deadline = time.time() + 120
-    while str(client.get_job_status(job_id)).split(".")[-1] not in ("SUCCEEDED", "FAILED", "STOPPED") and time.time() < deadline:
-        time.sleep(0.5)
+def _wait_for_the_job_agent(address: str, env: dict) -> None:
+    """The dashboard answers before the head's job agent does: wait until a trivial job goes through
+    (from a subprocess with the head's environment, as the tests submit)."""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        done = subprocess.run([f"{Path(sys.executable).parent}/ray", "job", "submit", "--address", address, "--", "true"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:
+            return
+        time.sleep(1)
+    pytest.fail(f"the Ray head's job agent did not come up: {done.stderr[-2000:]}")
 
 
 def _check_run_dir(run_dir: Path):
