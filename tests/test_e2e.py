@@ -134,13 +134,13 @@ def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_sessi
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "rollout.num_workers=1"])
     workers = Workers(cfg, tiny_model_path)
-    real_learner = workers.learner
+    real_ranks = workers.state_ranks
     try:
-        workers.learner = _LearnerSendingWrongWeights(real_learner)
+        workers.state_ranks = [_LearnerSendingWrongWeights(workers.learner)]  # rank 0, as the sync reaches it
         with pytest.raises(SyncError, match="rollout worker 0 disagrees with the learner after sync v0"):
             workers.sync_weights(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
     finally:
-        workers.learner = real_learner
+        workers.state_ranks = real_ranks
         workers.shutdown()
 
 
