@@ -50,8 +50,10 @@ class RolloutWorker:
         self.engine.wake_up()
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
-        """Adopt the learner's per-layer LoRA shape (after EVA) before its weights arrive."""
-        self.engine.reshape_lora(layout)
+        """Adopt the learner's per-layer LoRA shape (after EVA) before its weights arrive; an engine that
+        runs no adapter (merged weight sync, a scoring model) has no shape to adopt."""
+        if self.uses_lora:
+            self.engine.reshape_lora(layout)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int | None = None) -> list[Completion]:
         """Sample completions; refuses (StaleWorker) when it is not running policy `version`."""

@@ -30,10 +30,11 @@ from pipeline.evaluation import evaluate
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
 from pipeline.tiny_model import ensure_tiny_model
-from pipeline.tracking import PhaseTimer, Tracker
 from pipeline.placement import PlacementError
+from pipeline.tracking import PhaseTimer, Tracker
 from pipeline.worker_pool import WorkerLost
 from pipeline.workers import SyncError, Workers, init_ray
+
 
 class TrainingDiverged(RuntimeError):
     pass

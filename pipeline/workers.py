@@ -106,8 +106,6 @@ class Workers:
         return sorted((c for part in parts for c in part), key=lambda c: c.group_id)  # stable: keeps sample order
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
-        if self.cfg.rollout.weight_sync == "merged":
-            return  # the engines run the bare model: merged weights carry no adapter shape
         self.layout = layout
         self.rollout.broadcast(lambda w: w.reshape_lora.remote(layout))
 
