@@ -24,7 +24,7 @@ class Learner:
         torch.manual_seed(seed)
         self.device = pick_device(trainer["gpus_per_learner"])
         self.tokenizer = load_tokenizer(model_path)
-        self.model = load_policy(model_path, dtype, lora, self.device)
+        self.model = load_policy(model_path, dtype, lora, self.device).eval()  # peft adds its LoRA dropout in train mode
         self.lora, self.algo, self.trainer = lora, algorithm, trainer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self._build_optimizer()
@@ -41,6 +41,7 @@ class Learner:
         """EVA initialisation from prompt+rollout token sequences; returns the per-layer LoRA layout."""
         layout = initialize_eva(self.model, sequences, self.tokenizer.pad_token_id, batch_size=16,
                                 max_steps=self.lora["eva_max_steps"])
+        self.model.eval()
         self._build_optimizer()  # EVA replaced the adapter's parameters
         return layout
 
@@ -126,7 +127,9 @@ class Learner:
         for _ in range(self.algo["ppo_epochs"]):
             order = torch.randperm(len(ids), generator=self.shuffle)
             for mb in order.split(self.trainer["minibatch_size"]):
-                totals = dict(total_tokens=max(mask[mb].sum().item(), 1.0), total_seqs=float(len(mb)), max_len=float(self.max_new_tokens))
+                counted = (mask[mb].sum(-1) > 0).sum().item()  # overlong filtering may mask whole sequences out
+                totals = dict(total_tokens=max(mask[mb].sum().item(), 1.0), total_seqs=max(float(counted), 1.0),
+                              max_len=float(self.max_new_tokens))
                 local = mb[mine[mb]]
                 step_metrics = self._optimizer_step(ids[local], attention[local], mask[local], advantages[local], old[local],
                                                     None if ref is None else ref[local], weights[local], totals)
@@ -167,6 +170,7 @@ class Learner:
         tokens = totals["total_tokens"]
         micros = torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"])
         idle = self._forwards_to_run(len(micros)) - len(micros)  # agreed before any forward: it is a collective too
+        self.model.train()  # LoRA dropout, if any, only where gradients flow; every no-grad pass runs in eval mode
         for micro in micros:
             logp, entropy = token_logprobs(self.model, ids[micro], attention[micro], self.temperature, with_entropy=True)
             m = mask[micro]
@@ -186,6 +190,7 @@ class Learner:
             sums["entropy"] += (entropy * m).sum().item() / tokens
         for _ in range(idle):
             (token_logprobs(self.model, *self._idle_row, self.temperature)[0].sum() * 0).backward()
+        self.model.eval()
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world > 1:  # each rank's loss is its share of the global one: gradients and metrics add up
             if not self.fsdp:  # FSDP has reduce-scattered them already
@@ -306,7 +311,7 @@ class Learner:
 
         path = Path(directory)
         if self.lora.get("init") == "eva":  # take the saved per-layer shape before loading the weights
-            self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device)
+            self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device).eval()
             self._build_optimizer()
         weights = load_peft_weights(str(path / "adapter"), device=str(self.device))
         state = torch.load(path / "learner_state.pt", weights_only=False)

@@ -6,6 +6,7 @@ import importlib.util
 from typing import Any
 
 from actors.policy_model import set_threads
+from pipeline.data import encode_prompt
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 from pipeline.worker_pool import StaleWorker
 
@@ -63,8 +64,9 @@ class RolloutWorker:
     def score_texts(self, prompts: list[str], continuations: list[str], version: int | None = None) -> list[float]:
         """log P(continuation | prompt) summed over the continuation's tokens (temperature 1)."""
         self._check(version)
-        encode = lambda text: self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        rows = self.engine.sequence_logprobs([encode(p) for p in prompts], [encode(c) for c in continuations], 1.0)
+        tokenizer = self.engine.tokenizer
+        rows = self.engine.sequence_logprobs([encode_prompt(tokenizer, p, templated=False) for p in prompts],
+                                             [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations], 1.0)
         return [sum(row) for row in rows]
 
     def _check(self, version: int | None) -> None:

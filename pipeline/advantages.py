@@ -1,7 +1,9 @@
 """From scored samples to advantages: reward shaping, then the group-relative estimator.
 
-Order (spec §1.4, §2.2): soft overlong punishment and KL-in-reward are added to the reward, the
-unlikeliness factor scales it, and only then is it normalised within each group.
+Order (spec §1.4, §2.2): the unlikeliness factor scales the correctness term of correct samples
+(the task reward), the soft overlong punishment is added, the estimator normalises within each
+group, and a KL-in-reward term is added last, centred per group but never divided by the reward
+std: an all-correct group must not turn tiny KL differences into O(1) advantages.
 """
 from __future__ import annotations
 
@@ -19,33 +21,42 @@ def trained_indices(batch: StepBatch) -> list[int]:
     return [i for i, t in enumerate(batch.trained) if t]
 
 
-def compute_advantages(cfg: Config, batch: StepBatch, reference_kl: list[float] | None = None) -> tuple[list[float], dict[str, float]]:
-    """Advantages of the trained samples (in `trained_indices` order) and shaping metrics.
+def learnable_indices(batch: StepBatch) -> list[int]:
+    """Samples of every scored group with a learning signal: the trained ones, and mixed groups that
+    dynamic sampling generated but cut (their true advantages feed the curriculum)."""
+    return [i for i, ok in enumerate(batch.learnable) if ok]
 
-    reference_kl: per trained sample, the summed KL to the reference policy (algorithm.kl_in=reward).
+
+def compute_advantages(cfg: Config, batch: StepBatch, indices: list[int],
+                       reference_kl: list[float] | None = None) -> tuple[list[float], dict[str, float]]:
+    """Advantages of the samples at `indices` (whole groups) and shaping metrics.
+
+    reference_kl: per sample of `indices`, the summed KL to the reference policy (algorithm.kl_in=reward).
     """
-    algo, idx = cfg.algorithm, trained_indices(batch)
-    completions = [batch.completions[i] for i in idx]
-    rewards = [batch.scores.total[i] for i in idx]
+    algo = cfg.algorithm
+    completions = [batch.completions[i] for i in indices]
+    rewards = [batch.scores.total[i] for i in indices]
+    group_ids = [c.group_id for c in completions]
     metrics: dict[str, float] = {}
+    unlikely = cfg.reward.unlikeliness
+    if unlikely.beta_rank > 0:
+        correct = [batch.correct[i] for i in indices]
+        mean_logprobs = [float(np.mean(c.logprobs)) if c.logprobs else 0.0 for c in completions]
+        rewards, factors = apply_unlikeliness(rewards, rewards, correct, mean_logprobs, group_ids, unlikely.beta_rank,
+                                              unlikely.rank_convention)
+        metrics["unlikeliness/mean_factor_correct"] = _mean([f for f, ok in zip(factors, correct) if ok])
+        metrics["unlikeliness/unique_correct_per_group"] = _unique_correct_per_group(completions, correct)
     if algo.overlong_buffer_len:
         penalties = [soft_overlong_penalty(len(c.token_ids), cfg.rollout.max_new_tokens, algo.overlong_buffer_len,
                                            algo.overlong_penalty_factor) for c in completions]
         rewards = [r + p for r, p in zip(rewards, penalties)]
         metrics["reward_component/overlong_penalty"] = _mean(penalties)
-    if reference_kl is not None:
-        rewards = [r - algo.kl_coef * kl for r, kl in zip(rewards, reference_kl)]
-        metrics["train/kl_in_reward"] = _mean(reference_kl)
-    group_ids = [c.group_id for c in completions]
-    unlikely = cfg.reward.unlikeliness
-    if unlikely.beta_rank > 0:  # rewards are scaled, so the spec's R in {0, 1} is the verifier's total
-        mean_logprobs = [float(np.mean(c.logprobs)) if c.logprobs else 0.0 for c in completions]
-        rewards, factors = apply_unlikeliness(rewards, mean_logprobs, group_ids, unlikely.beta_rank, unlikely.rank_convention)
-        correct = [batch.correct[i] for i in idx]
-        metrics["unlikeliness/mean_factor_correct"] = _mean([f for f, ok in zip(factors, correct) if ok])
-        metrics["unlikeliness/unique_correct_per_group"] = _unique_correct_per_group(completions, correct)
     estimator = core_algos.ADVANTAGE_ESTIMATORS[algo.adv_estimator]
     advantages = estimator(torch.tensor(rewards, dtype=torch.float64), group_ids, eps=algo.adv_eps, ddof=algo.std_ddof)
+    if reference_kl is not None:
+        kl = torch.tensor(reference_kl, dtype=torch.float64)
+        advantages = advantages - algo.kl_coef * (kl - core_algos.group_stats(kl, group_ids)[0])
+        metrics["train/kl_in_reward"] = _mean(reference_kl)
     return advantages.tolist(), metrics
 
 

@@ -122,6 +122,11 @@ class ConsensusConfig(Section):
     eta_d: float = Field(0.1, gt=0)
     iterations: int = Field(5000, ge=1)
 
+    @property
+    def label_free(self) -> bool:
+        """Training on the consensus reward alone: nothing that trains may read the answer column."""
+        return self.weight > 0 and self.use == "label_free"
+
 
 class RewardConfig(Section):
     components: list[RewardComponent] = Field(default_factory=lambda: [RewardComponent(name="exact_match")])
@@ -135,6 +140,25 @@ class RewardConfig(Section):
     max_restarts: int = Field(5, ge=-1, description="times Ray restarts a dead reward worker (-1 = always)")
     unlikeliness: UnlikelinessConfig = UnlikelinessConfig()
     consensus: ConsensusConfig = ConsensusConfig()
+    sandbox: Literal["strict", "best_effort"] = Field("strict", description="code_tests: strict = refuse to start "
+                                                      "without the OS sandbox (bubblewrap); best_effort = run with the "
+                                                      "weaker in-process layers when it cannot start, warned once")
+
+    @model_validator(mode="after")
+    def _sandbox_decided(self) -> "RewardConfig":
+        """With code_tests configured, probe the OS sandbox now (strict stops the run before Ray starts) and pass
+        the mode to every code_tests component, so the reward workers apply the same decision."""
+        code = [c for c in [*self.components, *(c for cs in self.by_source.values() for c in cs)] if c.name == "code_tests"]
+        if code:
+            from rewards.sandbox_isolation import SandboxUnavailable, isolation
+
+            try:
+                isolation(self.sandbox)
+            except SandboxUnavailable as err:
+                raise ValueError(f"reward.sandbox={self.sandbox}: {err}") from None
+            for component in code:
+                component.args["sandbox"] = self.sandbox
+        return self
 
 
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
@@ -304,6 +328,12 @@ class Config(Section):
         if self.algorithm.overlong_buffer_len > self.rollout.max_new_tokens:
             raise ValueError(f"algorithm.overlong_buffer_len={self.algorithm.overlong_buffer_len} must be <= "
                              f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
+        if self.rollout.async_ and self.rollout.sleep_while_training:
+            raise ValueError("rollout.async=true generates while the learner trains, so the rollout engines cannot sleep "
+                             "then: set rollout.sleep_while_training=false (or rollout.async=false)")
+        if self.reward.consensus.label_free and self.reward.unlikeliness.beta_rank > 0:
+            raise ValueError("reward.unlikeliness scales the reward of correct samples, which needs labels; it cannot be "
+                             "combined with reward.consensus.use=label_free (set reward.unlikeliness.beta_rank=0)")
         if self.trainer.num_learners > 1 and self.lora.init == "eva":
             raise ValueError("lora.init=eva runs on one learner: set trainer.num_learners=1 (or lora.init=default)")
         if self.trainer.fsdp and (self.trainer.num_learners < 2 or self.rollout.weight_sync != "adapter"):

@@ -45,7 +45,7 @@ def consensus_rewards(cfg: ConsensusConfig, score_texts: ScoreTexts, completions
     for members in groups.values():
         prompts = _prompts(cfg, columns[members[0]])
         gen = np.array([[logps[(prompts[v], completions[i].text)] for i in members] for v in ("g_correct", "g_incorrect")])
-        distinct, merged, index = dedupe_candidates([answers[i] for i in members], gen)
+        distinct, merged, index = dedupe_candidates([answers[i] for i in members], gen, [completions[i].text for i in members])
         disc = np.array([[logps[(cfg.discriminator.format(**prompts["fields"], answer=y), w)]
                           for w in (cfg.correct_word, cfg.incorrect_word)] for y in distinct])
         eq = equilibrium_ranking(merged, disc, cfg.lambda_g, cfg.lambda_d, cfg.eta_g, cfg.eta_d, cfg.iterations)

@@ -162,13 +162,23 @@ def columnar(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return dict(columns)
 
 
-def prompt_text(row: Row, tokenizer: Any, chat_template: str) -> str:
-    """The exact text the policy sees: chat messages go through the tokenizer's template."""
+def prompt_text(row: Row, tokenizer: Any, chat_template: str) -> tuple[str, bool]:
+    """The exact text the policy sees, and whether a chat template made it (chat messages always do)."""
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if isinstance(row.prompt, list):
         if not has_template:
             raise DataError(f"source {row.source!r}: chat-style prompts need a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(row.prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(row.prompt, tokenize=False, add_generation_prompt=True), True
     if has_template and chat_template == "auto":
-        return tokenizer.apply_chat_template([{"role": "user", "content": row.prompt}], tokenize=False, add_generation_prompt=True)
-    return row.prompt
+        messages = [{"role": "user", "content": row.prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+    return row.prompt, False
+
+
+def encode_prompt(tokenizer: Any, text: str, templated: bool) -> list[int]:
+    """Prompt token ids as the model met such text in pre-training. A chat template writes its own
+    special tokens (as transformers and vLLM tokenize chats); plain text gets the tokenizer's own
+    rule, e.g. a Llama/Mistral BOS, unless the text already starts with it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not templated and not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add_special)["input_ids"]

@@ -3,9 +3,13 @@
 Group filtering drops groups whose metric (correctness or score) is the same for every sample:
 their GRPO advantage is exactly 0, so they carry no policy gradient. With dynamic sampling the
 loop keeps generating until `prompts_per_step` mixed groups are kept, up to `max_gen_rounds`.
+A group with a sample no reward worker could score (its worker hung: total NaN) is dropped and
+counted, never trained on with a made-up score. In label-free consensus mode nothing here reads
+the answer column: groups are filtered on the consensus score.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,6 +37,8 @@ class StepBatch:
     scores: Scores = field(default_factory=lambda: Scores(total=[], components={}))
     correct: list[bool] = field(default_factory=list)  # by the verifiers (reward.correct_threshold)
     trained: list[bool] = field(default_factory=list)
+    learnable: list[bool] = field(default_factory=list)  # scored, with a signal: trained, or a mixed group cut by the cap
+    unscored_groups: int = 0  # dropped because a reward worker hung on them
     gen_rounds: int = 0
     consensus_metrics: list[dict[str, float]] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=dict)  # time/generate, time/score
@@ -45,6 +51,7 @@ class StepBatch:
         self.scores.extend(scores)
         self.correct += correct
         self.trained += [True] * len(completions)
+        self.learnable += [True] * len(completions)
 
     def kept_groups(self) -> list[int]:
         return list(dict.fromkeys(c.group_id for c, t in zip(self.completions, self.trained) if t))
@@ -56,6 +63,12 @@ def mixed_groups(values: list[float], group_ids: list[int]) -> set[int]:
     for v, g in zip(values, group_ids):
         seen[g].add(v)
     return {g for g, vals in seen.items() if len(vals) > 1}
+
+
+def reward_inputs(rows: list[dict[str, Any]], completions: list[Completion]) -> dict[str, list[Any]]:
+    """Keyword lists for reward functions, as TRL passes them: every row column (`prompts` too) plus
+    `completion_ids`; the completions' texts are the first positional argument."""
+    return {**columnar(rows), "completion_ids": [c.token_ids for c in completions]}
 
 
 def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[int], dict]]], workers,
@@ -76,15 +89,14 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
         picked = [prompts[c.group_id - next_group] for c in completions]
         columns = [cols for _, _, cols in picked]
         with timer("score"):
-            scores = workers.score([c.text for c in completions], columnar(columns))
+            scores = workers.score([c.text for c in completions], reward_inputs(columns, completions))
             correct = [t >= cfg.reward.correct_threshold for t in scores.total]
             if cfg.reward.consensus.weight > 0:
                 batch.consensus_metrics.append(_add_consensus(cfg, workers, completions, columns, scores, correct))
         start = len(batch.completions)
         batch.extend(completions, [source for source, _, _ in picked], columns, scores, correct)
         next_group += per_round
-        if filtering:
-            _drop_uniform_groups(batch, start, cfg)
+        _drop_groups(batch, start, cfg, filtering)
         if not algo.dynamic_sampling or len(batch.kept_groups()) >= target:
             if algo.dynamic_sampling:
                 _keep_first_groups(batch, target)
@@ -107,13 +119,17 @@ def _add_consensus(cfg: Config, workers, completions: list[Completion], columns:
     return metrics
 
 
-def _drop_uniform_groups(batch: StepBatch, start: int, cfg: Config) -> None:
+def _drop_groups(batch: StepBatch, start: int, cfg: Config, filtering: bool) -> None:
+    """Drop this round's unscored groups and, when filtering, its groups without a signal."""
     totals = batch.scores.total[start:]
-    values = [float(ok) for ok in batch.correct[start:]] if cfg.algorithm.filter_metric == "acc" else totals
     ids = [c.group_id for c in batch.completions[start:]]
-    mixed = mixed_groups(values, ids)
+    unscored = {g for g, t in zip(ids, totals) if not math.isfinite(t)}
+    by_correctness = cfg.algorithm.filter_metric == "acc" and not cfg.reward.consensus.label_free
+    values = [float(ok) for ok in batch.correct[start:]] if by_correctness else totals
+    kept = (mixed_groups(values, ids) if filtering else set(ids)) - unscored
     for i, gid in enumerate(ids, start=start):
-        batch.trained[i] = gid in mixed
+        batch.trained[i] = batch.learnable[i] = gid in kept
+    batch.unscored_groups += len(unscored)
 
 
 def _keep_first_groups(batch: StepBatch, n: int) -> None:

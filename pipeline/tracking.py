@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.config import Config
 
@@ -60,7 +61,7 @@ class Tracker:
     def wandb_id(self) -> str | None:
         return None if self.wandb is None else self.wandb.id
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **metrics}
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
@@ -68,6 +69,10 @@ class Tracker:
             self.wandb.log(metrics, step=step)
         if step % self.every == 0:
             self.console.print(_step_line(row))
+        for key, message in metrics.items():
+            if key.startswith("scoring/first_error/"):  # every step with failures, however rare
+                self.console.print(f"[yellow]step {step}: reward {key.rsplit('/', 1)[1]} failed; first error: "
+                                   f"{escape(message)}[/]", highlight=False)
 
     def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         """Sample completions with their reward components: samples.jsonl and a W&B table."""

@@ -6,11 +6,12 @@ Run it:   rlpost train configs/debug_cpu.yaml [section.key=value ...]
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from ray.exceptions import RayActorError
 
 from actors.policy_model import ModelLoadError, layout_of, load_tokenizer
 from curricula import make_sampler
-from pipeline.advantages import compute_advantages, trained_indices
+from pipeline.advantages import compute_advantages, learnable_indices, trained_indices
+from pipeline.batch_checks import BatchInvariantError, SpecialTokens, check_completions, special_tokens
 from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Config
-from pipeline.data import DataError, Row, load_rows, prompt_text
+from pipeline.data import DataError, Row, encode_prompt, load_rows, prompt_text
 from pipeline.evaluation import evaluate
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
@@ -68,7 +70,7 @@ class StopRequest:
 
 # Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
 USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged, RunInterrupted,
-               LearnerDied, WorkerLost, PlacementError)
+               LearnerDied, WorkerLost, PlacementError, BatchInvariantError)
 
 Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
 
@@ -78,12 +80,13 @@ def train(cfg: Config) -> dict[str, Any]:
     _seed_everything(cfg.run.seed)
     model_path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
     train_prompts, test_prompts = tokenized_prompts(cfg, model_path)
+    special = special_tokens(load_tokenizer(model_path), model_path, cfg.rollout)
     sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
     init_ray(cfg)
     workers = Workers(cfg, model_path)
     try:
         with StopRequest() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollouts") as background:
-            return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, stop, background)
+            return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, special, stop, background)
     except RayActorError as err:  # the pools recover rollout and reward workers: an actor error here is the learner's
         try:
             where = f"the latest checkpoint is {find_checkpoint(run_dir, 'auto')} (continue with resume=auto)"
@@ -94,8 +97,8 @@ def train(cfg: Config) -> dict[str, Any]:
         workers.shutdown()  # also when the run stops on an error: no actor outlives it
 
 
-def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, stop: StopRequest,
-           background: ThreadPoolExecutor) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, special: SpecialTokens,
+           stop: StopRequest, background: ThreadPoolExecutor) -> dict[str, Any]:
     state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
     checkpoint = find_checkpoint(run_dir, cfg.run.resume) if cfg.run.resume else None
     if checkpoint:
@@ -118,19 +121,23 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
     def collect_step(step: int) -> StepBatch:
         return collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step))
 
-    timer, reward_curve, consecutive_skips, ahead = PhaseTimer(), state["reward_curve"], 0, None
+    timer, reward_curve, consecutive_skips = PhaseTimer(), state["reward_curve"], 0
+    ahead = _finished(state["prefetched"]) if state.get("prefetched") else None  # an async run resumes on its own batch
     for step in range(state["step"] + 1, cfg.trainer.steps + 1):
         step_start = time.perf_counter()
         batch = ahead.result() if ahead else collect_step(step)
-        trained = [batch.completions[i] for i in trained_indices(batch)]
-        kl = workers.reference_kl(trained) if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None
-        advantages, shaping = compute_advantages(cfg, batch, kl)
-        per_sample = _per_sample(advantages, batch)
-        sampler.update(batch.sources, per_sample)  # dropped groups count as |A| = 0
+        check_completions(batch.completions, cfg.rollout, special)
+        learnable = learnable_indices(batch)
+        kl = (workers.reference_kl([batch.completions[i] for i in learnable])
+              if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None)
+        advantages, shaping = compute_advantages(cfg, batch, learnable, kl)
+        per_sample = dict(zip(learnable, advantages))
+        sampler.update(*_curriculum_feed(batch, per_sample))
+        trained = [(batch.completions[i], per_sample[i]) for i in trained_indices(batch)]
         # rollout.async: the next batch is generated (by the policy before this update) while the learner trains
         ahead = background.submit(collect_step, step + 1) if cfg.rollout.async_ and step < cfg.trainer.steps else None
         with timer("train"):
-            train_metrics = workers.update(_train_batch(cfg, trained, advantages)) if trained else {"skipped": 1.0}
+            train_metrics = workers.update(_train_batch(cfg, trained)) if trained else {"skipped": 1.0}
         with timer("wait_for_rollouts"):
             if ahead:
                 ahead.result()  # a weight sync must not land between the chunks of a generation
@@ -151,7 +158,8 @@ def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts,
             _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
         if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or stop.signal:
             driver_state = {"step": step, "sampler": sampler.state_dict(), "reward_curve": reward_curve,
-                            "before": state["before"], "wandb_id": tracker.wandb_id}
+                            "before": state["before"], "wandb_id": tracker.wandb_id,
+                            "prefetched": ahead.result() if ahead else None}  # drew its prompts after this step's update
             path = save_checkpoint(run_dir, step, workers.state_ranks, driver_state, cfg, cfg.run.keep_last)
         if stop.signal:
             tracker.close()
@@ -188,10 +196,10 @@ def tokenized_prompts(cfg: Config, model_path: str) -> tuple[dict[str, list[Prom
     def encode(rows: list[Row]) -> list[Prompt]:
         out = []
         for row in rows:
-            text = prompt_text(row, tokenizer, cfg.data.chat_template)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            text, templated = prompt_text(row, tokenizer, cfg.data.chat_template)
             question = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
-            out.append((ids, {"answer": row.answer, "source": row.source, "prompt": text, "question": question, **row.fields}))
+            out.append((encode_prompt(tokenizer, text, templated), {"answer": row.answer, "source": row.source, "prompt": text,
+                                                                     "prompts": row.prompt, "question": question, **row.fields}))
         return out
 
     return ({s: encode(r) for s, r in train_rows.items()}, {s: encode(r) for s, r in test_rows.items() if r})
@@ -227,31 +235,38 @@ def _sampling(cfg: Config, seed: int) -> SamplingSpec:
                         max_new_tokens=r.max_new_tokens, stop=tuple(r.stop), seed=seed)
 
 
-def _per_sample(advantages: list[float], batch: StepBatch) -> list[float]:
-    """Advantages aligned with every generated sample: 0 for samples of dropped groups."""
-    out, trained = [0.0] * len(batch.completions), iter(advantages)
-    for i in trained_indices(batch):
-        out[i] = next(trained)
-    return out
+def _curriculum_feed(batch: StepBatch, advantages: dict[int, float]) -> tuple[list[str], list[float]]:
+    """The sampler learns from every scored sample's true advantage: what was trained on, mixed groups
+    cut by dynamic sampling, and 0 for groups without a signal; unscored groups teach it nothing."""
+    unscored = {c.group_id for c, total in zip(batch.completions, batch.scores.total) if not math.isfinite(total)}
+    kept = [i for i, c in enumerate(batch.completions) if c.group_id not in unscored]
+    return [batch.sources[i] for i in kept], [advantages.get(i, 0.0) for i in kept]
 
 
-def _sample_rows(batch: StepBatch, advantages: list[float], n: int) -> list[dict[str, Any]]:
+def _finished(result: Any) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
+def _sample_rows(batch: StepBatch, advantages: dict[int, float], n: int) -> list[dict[str, Any]]:
     """The first sample of the first n groups: prompt, completion, reward and its components."""
     firsts = [i for i, c in enumerate(batch.completions) if i == 0 or batch.completions[i - 1].group_id != c.group_id][:n]
     return [{"source": batch.sources[i], "prompt": batch.columns[i].get("prompt", ""), "completion": batch.completions[i].text,
-             "answer": str(batch.columns[i].get("answer", "")), "reward": batch.scores.total[i], "advantage": advantages[i],
+             "answer": str(batch.columns[i].get("answer", "")), "reward": batch.scores.total[i], "advantage": advantages.get(i, 0.0),
              "trained": batch.trained[i], **{f"reward/{k}": v[i] for k, v in batch.scores.components.items()}} for i in firsts]
 
 
-def _train_batch(cfg: Config, trained: list[Completion], advantages: list[float]) -> TrainBatch:
-    """The learner's view of the trained samples. Off-policy (rollout.async) samples are clipped against
-    the policy that generated them, unless truncated IS (algorithm.tis_cap) corrects them instead."""
-    truncated = [c.finish_reason == "length" and len(c.token_ids) >= cfg.rollout.max_new_tokens for c in trained]
+def _train_batch(cfg: Config, trained: list[tuple[Completion, float]]) -> TrainBatch:
+    """The learner's view of the trained samples and their advantages. Off-policy (rollout.async) samples
+    are clipped against the policy that generated them, unless truncated IS (algorithm.tis_cap) corrects
+    them instead. A sample cut by the token or context limit (finish reason "length") is truncated."""
+    completions = [c for c, _ in trained]
     return TrainBatch(
-        prompt_ids=[c.prompt_ids for c in trained], completion_ids=[c.token_ids for c in trained],
-        advantages=advantages, group_ids=[c.group_id for c in trained],
-        behaviour_logprobs=[c.logprobs for c in trained],
-        loss_mask=[not t for t in truncated] if cfg.algorithm.overlong_filtering else [],
+        prompt_ids=[c.prompt_ids for c in completions], completion_ids=[c.token_ids for c in completions],
+        advantages=[a for _, a in trained], group_ids=[c.group_id for c in completions],
+        behaviour_logprobs=[c.logprobs for c in completions],
+        loss_mask=[c.finish_reason != "length" for c in completions] if cfg.algorithm.overlong_filtering else [],
         old_from_behaviour=cfg.rollout.async_ and not cfg.algorithm.tis_cap,
     )
 
@@ -260,12 +275,12 @@ def _step_metrics(cfg: Config, step: int, batch: StepBatch, train_metrics: dict[
                   times: dict[str, float]) -> dict[str, float]:
     scores, completions = batch.scores, batch.completions
     correct = [float(ok) for ok in batch.correct]
-    metrics: dict[str, float] = {"reward/mean": float(np.mean(scores.total)), "accuracy/mean": float(np.mean(correct))}
+    metrics: dict[str, Any] = {"reward/mean": _mean_scored(scores.total), "accuracy/mean": float(np.mean(correct))}
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, source in enumerate(batch.sources):
         by_source[source].append(i)
     for source, idx in sorted(by_source.items()):
-        metrics[f"reward/{source}"] = float(np.mean([scores.total[i] for i in idx]))
+        metrics[f"reward/{source}"] = _mean_scored([scores.total[i] for i in idx])
         metrics[f"accuracy/{source}"] = float(np.mean([correct[i] for i in idx]))
     for name, values in scores.components.items():  # None where a component does not apply
         applied = [i for i, v in enumerate(values) if v is not None]
@@ -276,6 +291,8 @@ def _step_metrics(cfg: Config, step: int, batch: StepBatch, train_metrics: dict[
                 metrics[f"reward_component/{name}/{source}"] = float(np.mean(mine))
     metrics["scoring/errors"] = float(scores.errors)
     metrics["scoring/timeouts"] = float(scores.timeouts)
+    metrics["scoring/unscored_groups"] = float(batch.unscored_groups)
+    metrics.update({f"scoring/first_error/{name}": message for name, message in scores.first_errors.items()})
     for key in dict.fromkeys(k for m in batch.consensus_metrics for k in m):
         metrics[key] = float(np.mean([m[key] for m in batch.consensus_metrics if key in m]))
     metrics["batch/gen_rounds"] = float(batch.gen_rounds)
@@ -291,6 +308,12 @@ def _step_metrics(cfg: Config, step: int, batch: StepBatch, train_metrics: dict[
     metrics.update(times)
     metrics["throughput/gen_tokens_per_s"] = sum(lengths) / max(times.get("time/generate", 0.0), 1e-9)
     return metrics
+
+
+def _mean_scored(totals: list[float]) -> float:
+    """Mean over the samples that were scored (a hung reward worker leaves NaN)."""
+    scored = [t for t in totals if math.isfinite(t)]
+    return float(np.mean(scored)) if scored else float("nan")
 
 
 def _finish(tracker: Tracker, run_dir: Path, before: dict, after: dict, reward_curve: list[float]) -> dict[str, Any]:

@@ -112,12 +112,12 @@ class Workers:
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores:
         """Scores from all reward workers in parallel. A worker that dies is restarted and its samples
         re-scored; one that misses the deadline (hung in native code, say) is killed and restarted,
-        and its samples are scored as timeouts."""
+        and its samples come back unscored (total NaN)."""
         chunks = _chunks(list(range(len(completions))), len(self.reward.actors), 2)
 
-        def hung(idx: list[int]) -> Scores:
-            return Scores(total=[self.cfg.reward.failure_score] * len(idx), components={}, timeouts=len(idx),
-                          error_messages=[f"a reward worker missed the {self.cfg.reward.worker_deadline_s}s deadline; restarted"])
+        def hung(idx: list[int]) -> Scores:  # unscored (NaN): their groups are dropped, not trained on a made-up score
+            return Scores(total=[math.nan] * len(idx), components={}, first_errors={
+                "reward_worker": f"missed the {self.cfg.reward.worker_deadline_s}s deadline; killed and restarted"})
 
         parts = self.reward.map(chunks, lambda w, c, idx: w.score.remote(
             [completions[i] for i in idx], {k: [v[i] for i in idx] for k, v in columns.items()}), on_hang=hung)

@@ -70,15 +70,16 @@ def equilibrium_ranking(gen_logp, disc_logp, lambda_g: float = 0.1, lambda_d: fl
     return Equilibrium(pi_g, pi_d, sum_g / count, sum_d / count, q_g, q_d)
 
 
-def dedupe_candidates(answers: list[str], gen_logp: np.ndarray) -> tuple[list[str], np.ndarray, list[int]]:
-    """Merge identical final answers, adding their generator probability mass (log-sum-exp).
+def dedupe_candidates(answers: list[str], gen_logp: np.ndarray, completions: list[str]) -> tuple[list[str], np.ndarray, list[int]]:
+    """Merge identical final answers, adding their generator probability mass (log-sum-exp, spec §4.6).
 
+    Identical completions are one sequence y, so each counts once (its probability, not count x P(y)).
     Returns the distinct answers, their merged gen_logp[v, y], and each input's candidate index.
     """
     distinct = list(dict.fromkeys(answers))
     index = [distinct.index(a) for a in answers]
     gen_logp = np.asarray(gen_logp, dtype=np.float64)
     merged = np.full((gen_logp.shape[0], len(distinct)), -np.inf)
-    for i, y in enumerate(index):
-        merged[:, y] = np.logaddexp(merged[:, y], gen_logp[:, i])
+    for i in {completions.index(c): None for c in completions}:  # the first copy of each distinct completion
+        merged[:, index[i]] = np.logaddexp(merged[:, index[i]], gen_logp[:, i])
     return distinct, merged, index

@@ -14,7 +14,7 @@ class Scores:
     components: dict[str, list[float | None]]  # None where the component does not apply to the sample's source
     errors: int = 0  # samples whose component raised or returned garbage
     timeouts: int = 0  # samples whose component exceeded the time limit
-    error_messages: list[str] = field(default_factory=list)
+    first_errors: dict[str, str] = field(default_factory=dict)  # component name -> its first error message
 
     def extend(self, other: "Scores") -> None:
         """Append another batch's scores (used to merge shards and generation rounds)."""
@@ -24,7 +24,8 @@ class Scores:
         self.total += other.total
         self.errors += other.errors
         self.timeouts += other.timeouts
-        self.error_messages += other.error_messages
+        for name, message in other.first_errors.items():
+            self.first_errors.setdefault(name, message)
 
 
 Component = tuple[str, float, dict[str, Any]]  # (name, weight, options)
@@ -52,14 +53,14 @@ class Scorer:
             idx = [i for i, s in enumerate(sources) if s == source]
             for name, fn, weight, options in self.by_source.get(source, self.default):
                 sub_columns = {k: [v[i] for i in idx] for k, v in columns.items()}
-                values = self._component(fn, options, [completions[i] for i in idx], sub_columns, result)
+                values = self._component(name, fn, options, [completions[i] for i in idx], sub_columns, result)
                 slot = result.components.setdefault(name, [None] * len(completions))
                 for i, value in zip(idx, values):
                     slot[i] = value
                     result.total[i] += weight * value
         return result
 
-    def _component(self, fn: RewardFn, options: dict[str, Any], completions: list[str], columns: dict[str, list[Any]],
+    def _component(self, name: str, fn: RewardFn, options: dict[str, Any], completions: list[str], columns: dict[str, list[Any]],
                    result: Scores) -> list[float]:
         try:
             return self._checked(fn, options, completions, columns, len(completions))
@@ -71,17 +72,17 @@ class Scorer:
                 values += self._checked(fn, options, [completion], {k: [v[i]] for k, v in columns.items()}, 1)
             except CallTimeout as err:
                 result.timeouts += 1
-                result.error_messages.append(f"{getattr(fn, '__name__', fn)}: {err}")
+                result.first_errors.setdefault(name, f"timed out: {err}")
                 values.append(self.failure_score)
             except Exception as err:
                 result.errors += 1
-                result.error_messages.append(f"{getattr(fn, '__name__', fn)}: {type(err).__name__}: {err}")
+                result.first_errors.setdefault(name, f"{type(err).__name__}: {err}")
                 values.append(self.failure_score)
         return values
 
     def _checked(self, fn: RewardFn, options: dict[str, Any], completions: list[str], columns: dict[str, list[Any]],
                  n: int) -> list[float]:
-        values = call_with_timeout(fn, self.timeout_s * n, completions, **columns, **options)
+        values = call_with_timeout(fn, self.timeout_s * n, completions=completions, **columns, **options)  # by keyword, as TRL calls
         values = [float(v) for v in values]
         if len(values) != n:
             raise ValueError(f"returned {len(values)} scores for {n} completions")

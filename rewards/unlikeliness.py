@@ -2,8 +2,9 @@
 
 Within each group, samples are ranked by their per-token mean log-prob under the behaviour
 policy (ascending: rank 0 = least likely), over the whole group, ties broken by sample index.
-Each reward is scaled by 1 - beta_rank * rank / G before the group normalisation, so among
-correct samples the ones the policy already found likely are reinforced less.
+The paper scales R(x, y) = 1[y correct] by 1 - beta_rank * rank / G; with richer rewards only that
+correctness term of a correct sample is scaled: wrong answers, penalties and any other term keep
+their value, so the most likely wrong answer is never penalised less than a rare one.
 """
 from __future__ import annotations
 
@@ -36,8 +37,13 @@ def unlikeliness_factors(mean_logprobs: Sequence[float], group_ids: Sequence, be
     return factors
 
 
-def apply_unlikeliness(rewards: Sequence[float], mean_logprobs: Sequence[float], group_ids: Sequence,
-                       beta_rank: float, rank_convention: str = "code") -> tuple[list[float], list[float]]:
-    """Modified rewards R * factor (incorrect samples stay at 0) and the factors applied."""
+def apply_unlikeliness(rewards: Sequence[float], correctness: Sequence[float], correct: Sequence[bool],
+                       mean_logprobs: Sequence[float], group_ids: Sequence, beta_rank: float,
+                       rank_convention: str = "code") -> tuple[list[float], list[float]]:
+    """Rewards with each correct sample's correctness term scaled by its factor, and the factors.
+
+    correctness[i] is the part of rewards[i] earned by being correct (with a 0/1 verifier: all of it).
+    """
     factors = unlikeliness_factors(mean_logprobs, group_ids, beta_rank, rank_convention)
-    return [r * f for r, f in zip(rewards, factors)], factors
+    modified = [r - (1.0 - f) * c if ok else r for r, c, ok, f in zip(rewards, correctness, correct, factors)]
+    return modified, factors

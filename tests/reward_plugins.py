@@ -26,3 +26,9 @@ def hangs_uninterruptibly_on_x(completions, **_):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(120)
     return [0.5 for _ in completions]
+
+
+def trl_style(prompts, completions, completion_ids, answer, **kwargs):
+    """Written to TRL's documented signature: reads prompts and completion_ids."""
+    return [float(len(ids) == len(text) + 1 and isinstance(p, (str, list)) and text == a)
+            for p, text, ids, a in zip(prompts, completions, completion_ids, answer)]

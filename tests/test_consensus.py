@@ -56,7 +56,16 @@ def test_initial_policies_are_computed_in_log_space():
 def test_dedupe_merges_identical_answers_with_log_sum_exp():
     answers = ["12", "7", "12"]
     gen = np.log([[0.2, 0.3, 0.1], [0.4, 0.4, 0.2]])
-    distinct, merged, index = dedupe_candidates(answers, gen)
+    distinct, merged, index = dedupe_candidates(answers, gen, ["a 12", "b 7", "c 12"])
     assert distinct == ["12", "7"] and index == [0, 1, 0]
     assert np.exp(merged) == pytest.approx(np.array([[0.3, 0.3], [0.6, 0.4]]))
     assert math.isfinite(merged.max())
+
+
+def test_identical_completions_count_once_in_the_generator_prior():
+    """Three copies of one sampled sequence are one candidate sequence: P(y), not 3 x P(y) (issue 12.9)."""
+    answers = ["12", "12", "12", "7"]
+    gen = np.log([[0.2, 0.2, 0.2, 0.3], [0.1, 0.1, 0.1, 0.4]])
+    _, merged, index = dedupe_candidates(answers, gen, ["x 12", "x 12", "x 12", "y 7"])
+    assert index == [0, 0, 0, 1]
+    assert np.exp(merged) == pytest.approx(np.array([[0.2, 0.3], [0.1, 0.4]]))

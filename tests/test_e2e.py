@@ -1,5 +1,6 @@
 """End-to-end runs through real Ray actors on the tiny model (CPU)."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_dapo_with_ucb_curriculum_unlikeliness_and_periodic_eval(ray_session, ti
     assert [e["step"] for e in evals] == [2, 3] and "eval/greedy_acc/sort_4" in evals[0]
 
 
-def test_a_hung_reward_worker_is_killed_restarted_and_its_samples_scored(ray_session, tiny_model_path):
+def test_a_hung_reward_worker_is_killed_restarted_and_its_samples_left_unscored(ray_session, tiny_model_path):
     from pipeline.workers import Workers
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "reward.timeout_s=0.5", "reward.worker_deadline_s=4",
@@ -168,7 +169,7 @@ def test_a_hung_reward_worker_is_killed_restarted_and_its_samples_scored(ray_ses
     workers = Workers(cfg, tiny_model_path)
     try:
         hung = workers.score(["xx", "ab"], {"answer": ["1", "2"]})
-        assert hung.total == [0.0, 0.0] and hung.timeouts == 2
+        assert all(math.isnan(t) for t in hung.total) and "deadline" in hung.first_errors["reward_worker"]
         healthy = workers.score(["ab", "cd"], {"answer": ["1", "2"]})  # the restarted worker serves again
         assert healthy.total == [0.5, 0.5] and healthy.timeouts == 0
     finally:

@@ -1,7 +1,7 @@
 """DAPO's overlong shaping (E5), group filtering and dynamic sampling, and the advantage pipeline."""
 import pytest
 
-from pipeline.advantages import compute_advantages
+from pipeline.advantages import compute_advantages, learnable_indices
 from pipeline.config import load_config
 from pipeline.records import Completion, SamplingSpec
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect, mixed_groups
@@ -65,7 +65,7 @@ def test_unlikeliness_filters_uniform_groups_and_ranks_within_groups():
     cfg = load_config(None, ["trainer.prompts_per_step=4", "rollout.n=4", "reward.unlikeliness.beta_rank=0.25"])
     batch = collect(cfg, _prompts, ScriptedWorkers(period=2), SamplingSpec(n=4, temperature=1.0))
     assert all(batch.trained)  # period 2: every group has 2 of 4 correct
-    advantages, metrics = compute_advantages(cfg, batch)
+    advantages, metrics = compute_advantages(cfg, batch, learnable_indices(batch))
     # sample i has mean log-prob -0.1 (i + 1): sample 0 is the most likely (rank 3 of 4)
     first_group = advantages[:4]
     correct = [i for i in range(4) if batch.completions[i].text == "ok"]
@@ -81,7 +81,7 @@ def test_overlong_punishment_enters_the_reward_before_normalisation():
     batch = StepBatch()
     batch.extend([Completion(0, [1], [2] * n, "x", [0.0] * n, "stop", 0) for n in (1, 2, 3, 4)], ["s"] * 4, [{}] * 4,
                  Scorer([("exact_match", 1.0, {})], 5, 0.0).score(["x"] * 4, {"answer": ["x"] * 4}), [True] * 4)
-    advantages, metrics = compute_advantages(cfg, batch)
+    advantages, metrics = compute_advantages(cfg, batch, learnable_indices(batch))
     penalties = [0, 0, -0.5, -1.0]
     mean = 1 + sum(penalties) / 4
     assert advantages == pytest.approx([1 + p - mean for p in penalties])

@@ -10,7 +10,8 @@ L6 = [-0.2, -0.9, -0.5, -0.4, -1.2, -0.3, -0.7, -1.0]
 
 
 def _advantages(rewards, logprobs, convention="code"):
-    modified, factors = apply_unlikeliness(rewards, logprobs, [0] * len(rewards), 0.25, convention)
+    correct = [r == 1 for r in rewards]
+    modified, factors = apply_unlikeliness(rewards, rewards, correct, logprobs, [0] * len(rewards), 0.25, convention)
     return modified, factors, grpo_advantage(torch.tensor(modified, dtype=torch.float64), [0] * len(rewards)).tolist()
 
 
@@ -44,3 +45,13 @@ def test_ties_are_broken_by_sample_index_and_groups_by_id():
 def test_unknown_rank_convention_is_rejected():
     with pytest.raises(ValueError, match="code"):
         unlikeliness_factors([0.0], [0], 0.25, "paper1")
+
+
+def test_only_the_correctness_term_of_correct_samples_is_scaled():
+    """With +-1 rewards the most likely wrong answer must not be penalised less than a rare one (issue 12.4)."""
+    plus_minus = [1 if r else -1 for r in R6]
+    modified, _ = apply_unlikeliness(plus_minus, plus_minus, [r == 1 for r in R6], L6, [0] * 8, 0.25)
+    assert modified == pytest.approx([0.78125, 0.9375, -1, 0.84375, -1, -1, 0.90625, -1])
+    # a correct answer with a format bonus: only the correctness term (1.0 of 1.2) shrinks
+    modified, _ = apply_unlikeliness([1.2, 0.2], [1.0, 0.0], [True, False], [-0.1, -0.5], [0, 0], 0.5)
+    assert modified == pytest.approx([1.2 - 0.25, 0.2])

@@ -140,12 +140,22 @@ def test_a_dead_learner_ends_the_run_cleanly_and_it_resumes_to_the_same_metrics(
     assert _stable(_metrics(tmp_path / "run")) == _stable(reference)
 
 
-@pytest.mark.parametrize("seed", [7])
-def test_a_driver_killed_at_a_random_step_resumes_to_the_same_metrics(reference, tmp_path, seed):
+@pytest.fixture(scope="module")
+def async_reference(ray_session, tiny_model_path, tmp_path_factory) -> list[dict]:
+    run_dir = tmp_path_factory.mktemp("faults") / "async_reference"
+    _train(run_dir, "rollout.async=true")
+    return _metrics(run_dir)
+
+
+@pytest.mark.parametrize("seed, mode", [(7, "sync"), (9, "async")])
+def test_a_driver_killed_at_a_random_step_resumes_to_the_same_metrics(request, tmp_path, seed, mode):
+    """An async checkpoint holds the batch the next step already generated, so its resume is exact too."""
+    reference = request.getfixturevalue("reference" if mode == "sync" else "async_reference")
+    extra = ["rollout.async=true"] if mode == "async" else []
     kill_after = random.Random(seed).randint(2, 4)  # logged steps; the checkpoint is at step 2 or 4
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "configs/debug_cpu.yaml", *COMMON, f"run.dir={run_dir}"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "configs/debug_cpu.yaml", *COMMON, *extra,
+                             f"run.dir={run_dir}"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -157,5 +167,5 @@ def test_a_driver_killed_at_a_random_step_resumes_to_the_same_metrics(reference,
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
     assert len(_metrics(run_dir)) >= kill_after
-    _train(run_dir, "run.resume=auto")
+    _train(run_dir, "run.resume=auto", *extra)
     assert _stable(_metrics(run_dir)) == _stable(reference)
