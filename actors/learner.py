@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -13,28 +12,30 @@ import torch
 
 from actors.policy_model import (initialize_eva, layout_of, load_policy, load_tokenizer, pad_sequences, pick_device,
                                  reshape_lora, set_threads, token_logprobs, unpad)
+from actors.sharding import Sharding
 from pipeline import core_algos
+from pipeline.config import AlgorithmConfig, TrainerConfig
 from pipeline.records import TrainBatch
 
 
 class Learner:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any], algorithm: dict[str, Any],
-                 trainer: dict[str, Any], temperature: float, max_new_tokens: int, seed: int):
-        set_threads(trainer["cpus_per_learner"])
+    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any], algorithm: AlgorithmConfig, trainer: TrainerConfig,
+                 temperature: float, max_new_tokens: int, seed: int):
+        set_threads(trainer.cpus_per_learner)
         torch.manual_seed(seed)
-        self.device = pick_device(trainer["gpus_per_learner"])
+        self.device = pick_device(trainer.gpus_per_learner)
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_policy(model_path, dtype, lora, self.device).eval()  # peft adds its LoRA dropout in train mode
         self.lora, self.algo, self.trainer = lora, algorithm, trainer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self._build_optimizer()
         self.shuffle = torch.Generator().manual_seed(seed)  # the same on every rank: all see the same mini-batches
-        self.rank, self.world, self.fsdp = 0, 1, False
+        self.ranks = Sharding()
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.trainer["lr"], weight_decay=self.trainer["weight_decay"])
-        warmup = self.trainer["warmup_steps"]
+        self.optimizer = torch.optim.AdamW(params, lr=self.trainer.lr, weight_decay=self.trainer.weight_decay)
+        warmup = self.trainer.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
 
     def init_eva(self, sequences: list[list[int]]) -> dict[str, Any]:
@@ -62,49 +63,24 @@ class Learner:
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=address, rank=rank, world_size=world)
-        self.rank, self.world = rank, world
+        self.ranks = Sharding(rank, world)
         with torch.no_grad():  # start from rank 0's adapter, as DDP does
             for param in self.model.parameters():
                 if param.requires_grad:
                     dist.broadcast(param.data, src=0)
         if fsdp:
-            self._shard()
-
-    def _shard(self) -> None:
-        """FSDP2: every decoder layer and the root hold 1/world of their weights, gathered per layer for
-        each forward and backward; gradients are reduce-scattered. Every call that runs the model or
-        reads its weights must then run on every rank (the driver sees to that)."""
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh(self.device.type, (self.world,))
-        base = self.model.get_base_model()
-        for module in [m for m in base.modules() if type(m).__name__ in base._no_split_modules]:
-            fully_shard(module, mesh=mesh)
-        fully_shard(base, mesh=mesh)
-        self.fsdp = True
-        self._build_optimizer()  # the parameters are sharded tensors now
+            self.ranks.shard(self.model, self.device)
+            self._build_optimizer()  # the parameters are sharded tensors now
 
     def _my_rows(self, group_ids: list[int]) -> torch.Tensor:
         """This rank's samples: whole groups, dealt round-robin in order of first appearance."""
-        rank_of = {g: i % self.world for i, g in enumerate(dict.fromkeys(group_ids))}
-        return torch.tensor([rank_of[g] == self.rank for g in group_ids])  # on the CPU, like the shuffle order it indexes
-
-    def _forwards_to_run(self, mine: int) -> int:
-        """Under FSDP every forward is a collective, so every rank runs as many as the busiest one."""
-        return int(self._all_reduce(torch.tensor([mine]), op="max")[0]) if self.fsdp else mine
-
-    def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return tensor
+        rank_of = {g: i % self.ranks.world for i, g in enumerate(dict.fromkeys(group_ids))}
+        return torch.tensor([rank_of[g] == self.ranks.rank for g in group_ids])  # on the CPU, like the shuffle order it indexes
 
     # --- the update ------------------------------------------------------------------------
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        """mu epochs of clipped-surrogate updates over mini-batches of `batch`; returns metrics.
+        """mu epochs of policy-loss updates over mini-batches of `batch`; returns metrics.
 
         With data parallelism every rank holds the whole (small) token batch but computes only its
         own groups; each mini-batch is the same global set of samples on every rank, normalised by
@@ -120,19 +96,20 @@ class Learner:
         recomputed = self._logprobs_no_grad(ids, attention, rows=mine)  # as pi_old, the ratio is exactly 1 at first
         behaviour = self._as_tensor(batch.behaviour_logprobs, behaviour_mask, like=recomputed)
         old = behaviour if batch.old_from_behaviour else recomputed
-        kl_in_loss = self.algo["kl_coef"] > 0 and self.algo["kl_in"] == "loss"
+        kl_in_loss = self.algo.kl_coef > 0 and self.algo.kl_in == "loss"
         ref = self._logprobs_no_grad(ids, attention, adapter=False, rows=mine) if kl_in_loss else None
-        weights = self._tis_weights(recomputed, behaviour, behaviour_mask) if self.algo["tis_cap"] and behaviour is not None else torch.ones_like(old)
+        weights = self._tis_weights(recomputed, behaviour, behaviour_mask) if self.algo.tis_cap and behaviour is not None else None
         metrics: dict[str, list[float]] = {}
-        for _ in range(self.algo["ppo_epochs"]):
+        for _ in range(self.algo.ppo_epochs):
             order = torch.randperm(len(ids), generator=self.shuffle)
-            for mb in order.split(self.trainer["minibatch_size"]):
+            for mb in order.split(self.trainer.minibatch_size):
                 counted = (mask[mb].sum(-1) > 0).sum().item()  # overlong filtering may mask whole sequences out
-                totals = dict(total_tokens=max(mask[mb].sum().item(), 1.0), total_seqs=max(float(counted), 1.0),
-                              max_len=float(self.max_new_tokens))
+                totals = core_algos.Totals(tokens=max(mask[mb].sum().item(), 1.0), seqs=max(float(counted), 1.0),
+                                           max_len=float(self.max_new_tokens))
                 local = mb[mine[mb]]
+                pick = lambda values: None if values is None else values[local]  # noqa: E731
                 step_metrics = self._optimizer_step(ids[local], attention[local], mask[local], advantages[local], old[local],
-                                                    None if ref is None else ref[local], weights[local], totals)
+                                                    pick(ref), pick(weights), totals)
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
@@ -146,7 +123,7 @@ class Learner:
         """Per sample, the summed KL estimate between the current policy and the reference (kl_in=reward)."""
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
         kl = core_algos.kl_penalty(self._logprobs_no_grad(ids, attention), self._logprobs_no_grad(ids, attention, adapter=False),
-                                   self.algo["kl_type"])
+                                   self.algo.kl_type)
         return (kl * mask).sum(-1).tolist()
 
     @staticmethod
@@ -160,47 +137,34 @@ class Learner:
 
     def _tis_weights(self, learner: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-token min(pi_learner / pi_rollout, algorithm.tis_cap)."""
-        return torch.where(mask.bool(), torch.exp(learner - rollout).clamp(max=self.algo["tis_cap"]), torch.ones_like(learner))
+        return torch.where(mask.bool(), torch.exp(learner - rollout).clamp(max=self.algo.tis_cap), torch.ones_like(learner))
 
-    def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights, totals: dict[str, float]) -> dict[str, float]:
+    def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights, totals: core_algos.Totals) -> dict[str, float]:
         """One optimizer step on this rank's rows of a mini-batch; `totals` are the whole mini-batch's."""
-        aggregate = core_algos.LOSS_AGGREGATIONS[self.algo["loss_agg_mode"]]
+        policy_loss = core_algos.POLICY_LOSSES[self.algo.policy_loss]
         self.optimizer.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)
-        tokens = totals["total_tokens"]
-        micros = torch.arange(len(ids), device=ids.device).split(self.trainer["micro_batch_size"])
-        idle = self._forwards_to_run(len(micros)) - len(micros)  # agreed before any forward: it is a collective too
+        micros = torch.arange(len(ids), device=ids.device).split(self.trainer.micro_batch_size)
+        idle = self.ranks.forwards_to_run(len(micros)) - len(micros)  # agreed before any forward: it is a collective too
         self.model.train()  # LoRA dropout, if any, only where gradients flow; every no-grad pass runs in eval mode
         for micro in micros:
             logp, entropy = token_logprobs(self.model, ids[micro], attention[micro], self.temperature, with_entropy=True)
             m = mask[micro]
-            pg, info = core_algos.clipped_policy_loss(
-                logp, old[micro], advantages[micro], self.algo["clip_eps_low"], self.algo["clip_eps_high"], self.algo["dual_clip_c"])
-            pg = pg * weights[micro]
-            per_token = pg
-            if ref is not None:
-                kl = core_algos.kl_penalty(logp, ref[micro], self.algo["kl_type"])
-                per_token = pg + self.algo["kl_coef"] * kl
-                sums["kl"] += (kl.detach() * m).sum().item() / tokens
-            loss = aggregate(per_token, m, **totals)
-            (loss * self.world if self.fsdp else loss).backward()  # FSDP averages gradients over ranks: we want their sum
+            pick = lambda values: None if values is None else values[micro]  # noqa: E731
+            loss, stats = policy_loss(logp, old[micro], advantages[micro], m, totals, self.algo, pick(weights), pick(ref))
+            self.ranks.backward(loss)
             sums["loss"] += loss.item()
-            sums["pg_loss"] += (pg.detach() * m).sum().item() / tokens
-            sums["clipfrac"] += (info["clipped"] * m).sum().item() / tokens
-            sums["entropy"] += (entropy * m).sum().item() / tokens
+            sums["entropy"] += (entropy * m).sum().item() / totals.tokens
+            for k, v in stats.items():
+                sums[k] += v
         for _ in range(idle):
-            (token_logprobs(self.model, *self._idle_row, self.temperature)[0].sum() * 0).backward()
+            self.ranks.backward(token_logprobs(self.model, *self._idle_row, self.temperature)[0].sum() * 0)
         self.model.eval()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.world > 1:  # each rank's loss is its share of the global one: gradients and metrics add up
-            if not self.fsdp:  # FSDP has reduce-scattered them already
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-                flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads]))
-                for p, g in zip(params, flat.split([g.numel() for g in grads])):
-                    p.grad = g.view_as(p)
-            sums = dict(zip(sums, self._all_reduce(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()))
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.trainer["grad_clip"]))
-        threshold = self.trainer["grad_skip_thresh"]
+        self.ranks.sum_gradients(params)  # each rank's loss is its share of the global one: gradients and metrics add up
+        sums = dict(zip(sums, self.ranks.all_reduce(torch.tensor(list(sums.values()), dtype=torch.float64)).tolist()))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.trainer.grad_clip))
+        threshold = self.trainer.grad_skip_thresh
         skipped = not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])) or (threshold is not None and grad_norm >= threshold)
         if skipped:  # never train on garbage: the weights and the optimizer state stay as they were
             self.optimizer.zero_grad(set_to_none=True)
@@ -214,8 +178,8 @@ class Learner:
         """Per-token log-probs in micro-batches (of `rows` only; zeros elsewhere); adapter=False gives the reference policy."""
         out = torch.zeros((len(ids), ids.shape[1] - 1), device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
         selected = torch.arange(len(ids), device=ids.device) if rows is None else rows.nonzero().squeeze(-1)
-        micros = selected.split(self.trainer["micro_batch_size"])
-        idle = self._forwards_to_run(len(micros)) - len(micros)
+        micros = selected.split(self.trainer.micro_batch_size)
+        idle = self.ranks.forwards_to_run(len(micros)) - len(micros)
         with contextlib.nullcontext() if adapter else self.model.disable_adapter():
             for micro in micros:
                 out[micro] = token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0]
@@ -229,25 +193,14 @@ class Learner:
             return {}
         rows = [row for row, keep in zip(behaviour, mine.tolist()) if keep]
         gaps = [abs(a - b) for learner_row, rollout_row in zip(unpad(old, mask), rows) for a, b in zip(learner_row, rollout_row)]
-        total = self._all_reduce(torch.tensor([sum(gaps), len(gaps)], dtype=torch.float64))
-        largest = self._all_reduce(torch.tensor([max(gaps, default=0.0)], dtype=torch.float64), op="max")
+        total = self.ranks.all_reduce(torch.tensor([sum(gaps), len(gaps)], dtype=torch.float64))
+        largest = self.ranks.all_reduce(torch.tensor([max(gaps, default=0.0)], dtype=torch.float64), op="max")
         return {"logprob_gap_mean": float(total[0] / max(total[1], 1)), "logprob_gap_max": float(largest[0])}
 
     # --- weights, probes and checkpoints --------------------------------------------------------
 
     def adapter_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in self._adapter_tensors().items()}
-
-    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The adapter in peft's format; under FSDP gathered whole on rank 0 (the other ranks get {})."""
-        from peft import get_peft_model_state_dict
-
-        if not self.fsdp:
-            return get_peft_model_state_dict(self.model)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return get_peft_model_state_dict(self.model, state_dict=full) if full else {}
+        return {k: v.detach().cpu().numpy() for k, v in self.ranks.adapter_tensors(self.model).items()}
 
     @torch.no_grad()
     def merged_state(self) -> dict[str, torch.Tensor]:
@@ -291,9 +244,9 @@ class Learner:
     def save(self, directory: str) -> None:
         """Adapter in peft format plus optimizer, scheduler and RNG state, for exact resume (rank 0 writes)."""
         path = Path(directory)
-        optimizer = self._optimizer_state()
-        self._write_adapter(path / "adapter")
-        if self.rank != 0:
+        optimizer = self.ranks.optimizer_state(self.model, self.optimizer)
+        self.ranks.write_adapter(self.model, path / "adapter")
+        if self.ranks.rank != 0:
             return
         torch.save({
             "optimizer": optimizer,
@@ -306,25 +259,14 @@ class Learner:
 
     def load(self, directory: str) -> None:
         """Restore what `save` wrote: adapter weights, optimizer, scheduler and every RNG."""
-        from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
         path = Path(directory)
         if self.lora.get("init") == "eva":  # take the saved per-layer shape before loading the weights
             self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device).eval()
             self._build_optimizer()
-        weights = load_peft_weights(str(path / "adapter"), device=str(self.device))
         state = torch.load(path / "learner_state.pt", weights_only=False)
-        if self.fsdp:  # whole tensors in, each rank keeps its shard
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-            names = {n.replace(".default.", "."): n for n, p in self.model.named_parameters() if p.requires_grad}
-            options = StateDictOptions(full_state_dict=True, strict=False)
-            set_model_state_dict(self.model, {names[k]: v for k, v in weights.items()}, options=options)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=options)
-        else:
-            set_peft_model_state_dict(self.model, weights)
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.ranks.load(self.model, self.optimizer, load_peft_weights(str(path / "adapter"), device=str(self.device)), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -332,25 +274,6 @@ class Learner:
         np.random.set_state(state["numpy_rng"])
 
     def save_adapter(self, directory: str) -> None:
-        self._write_adapter(Path(directory))
-        if self.rank == 0:
+        self.ranks.write_adapter(self.model, Path(directory))
+        if self.ranks.rank == 0:
             self.tokenizer.save_pretrained(directory)
-
-    def _write_adapter(self, path: Path) -> None:
-        if not self.fsdp:
-            self.model.save_pretrained(path)
-            return
-        from safetensors.torch import save_file
-
-        tensors = self._adapter_tensors()  # a collective: every rank takes part, rank 0 writes
-        if self.rank == 0:
-            os.makedirs(path, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "adapter_model.safetensors"))
-            self.model.peft_config["default"].save_pretrained(str(path))
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        if not self.fsdp:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

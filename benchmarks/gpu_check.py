@@ -66,7 +66,7 @@ def main() -> None:
                                                   "trainer.micro_batch_size=128", "trainer.lr=1e-4"])
     lora = cfg.lora.model_dump()
     engine = HFEngine(path, args.dtype, lora, gpus=1)
-    learner = Learner(path, args.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+    learner = Learner(path, args.dtype, lora, cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
     n_params = sum(p.numel() for p in engine.model.parameters())
 

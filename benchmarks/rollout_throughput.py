@@ -74,7 +74,7 @@ def main() -> None:
         seconds, out = median_time(lambda w=worker: w.generate(prompts, sampling), args.repeats)
         rows[name] = (seconds, sum(len(c.token_ids) for c in out))
 
-    learner = Learner(path, "float32", lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(), 1.0, args.new_tokens, 0)
+    learner = Learner(path, "float32", lora, cfg.algorithm, cfg.trainer, 1.0, args.new_tokens, 0)
     probe = (prompts[0].prompt_ids, prompts[0].prompt_ids[:4])
     versions = iter(range(1, 10**6))
     sync = {}

@@ -11,6 +11,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline import core_algos
+
 
 class ConfigError(ValueError):
     """A config problem a user can fix; the message names the key and what is allowed."""
@@ -99,7 +101,6 @@ class UnlikelinessConfig(Section):
 
     beta_rank: float = Field(0.0, ge=0, le=1, description="0 = off; the paper's recipe uses 0.25")
     rank_convention: Literal["code", "paper0"] = "code"
-    filter_groups: bool = Field(True, description="drop all-correct / all-wrong groups (the released code's default)")
 
 
 class ConsensusConfig(Section):
@@ -168,15 +169,18 @@ ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
                  filter_groups=True, dynamic_sampling=True),
 }
 
-LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-sum-norm"]
-KLType = Literal["k1", "k2", "k3", "abs", "k1+", "k2+", "k3+", "abs+"]
+# The choices come from the registries: adding an estimator, KL type, aggregation or policy loss is one registration.
+AdvEstimator = Literal[tuple(core_algos.ADVANTAGE_ESTIMATORS)]
+KLType = Literal[tuple(core_algos.KL_ESTIMATORS) + tuple(f"{k}+" for k in core_algos.KL_ESTIMATORS)]
+LossAggMode = Literal[tuple(core_algos.LOSS_AGGREGATIONS)]
+PolicyLoss = Literal[tuple(core_algos.POLICY_LOSSES)]
 
 
 class AlgorithmConfig(Section):
     """`name` is a preset (spec §1): it fills the defaults below; any key given explicitly wins."""
 
     name: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
-    adv_estimator: Literal["grpo", "dr_grpo"] = "grpo"
+    adv_estimator: AdvEstimator = "grpo"
     adv_eps: float = Field(1e-6, ge=0)
     std_ddof: int = Field(1, ge=0, le=1)
     clip_eps_low: float = Field(0.2, ge=0)
@@ -186,10 +190,12 @@ class AlgorithmConfig(Section):
     kl_type: KLType = "k3"
     kl_in: Literal["loss", "reward"] = Field("loss", description="where the KL to the reference goes")
     loss_agg_mode: LossAggMode = "token-mean"
+    policy_loss: PolicyLoss = Field("ppo_clip", description="the registered loss the learner minimises (pipeline/core_algos.py)")
     tis_cap: float | None = Field(None, gt=0, description="truncated importance sampling: weight tokens by "
                                   "min(pi_learner / pi_rollout, cap) to correct the rollout engine's mismatch; empty = off")
     ppo_epochs: int = Field(1, ge=1, description="passes over each batch (mu)")
-    filter_groups: bool = Field(False, description="drop groups whose filter_metric is equal for every sample")
+    filter_groups: bool | None = Field(None, description="drop groups whose filter_metric is equal for every sample; "
+                                       "empty = on with the unlikeliness reward (spec §2.3), else off; the dapo preset turns it on")
     filter_metric: Literal["acc", "score"] = "acc"
     dynamic_sampling: bool = Field(False, description="keep generating until prompts_per_step mixed groups are kept (DAPO)")
     gen_prompts_per_round: int | None = Field(None, gt=0, description="prompts per generation round; empty = 3 x prompts_per_step")
@@ -322,6 +328,8 @@ class Config(Section):
                 f"trainer.micro_batch_size={self.trainer.micro_batch_size} must be <= "
                 f"trainer.minibatch_size={self.trainer.minibatch_size}"
             )
+        if self.algorithm.filter_groups is None:
+            self.algorithm.filter_groups = self.reward.unlikeliness.beta_rank > 0  # the released code filters (spec §2.3)
         if self.algorithm.overlong_buffer_len is None:  # DAPO's 4096 of 20480 tokens, scaled to this run
             share = 0.2 if self.algorithm.name == "dapo" else 0.0
             self.algorithm.overlong_buffer_len = round(share * self.rollout.max_new_tokens)

@@ -6,12 +6,15 @@ branch. Formulas and defaults follow shared/specs/ALGORITHMS.md §1.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
 KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
 LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {}
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {}
 
 
 def _register(table: dict, name: str):
@@ -148,3 +151,49 @@ def agg_verl_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, total_tokens
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+# --- policy losses: what the learner minimises, composed from the pieces above -----------------
+
+
+class LossSettings(Protocol):
+    """The `algorithm` options a policy loss reads (pipeline.config.AlgorithmConfig has them all)."""
+
+    clip_eps_low: float
+    clip_eps_high: float
+    dual_clip_c: float | None
+    kl_coef: float
+    kl_type: str
+    loss_agg_mode: str
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counts over the whole mini-batch (all micro-batches, all ranks): every normaliser uses them, so the
+    micro-batch contributions add up to exactly the mini-batch loss."""
+
+    tokens: float
+    seqs: float
+    max_len: float
+
+
+@_register(POLICY_LOSSES, "ppo_clip")
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  totals: Totals, settings: LossSettings, is_weights: torch.Tensor | None = None,
+                  ref_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate, times a per-token importance weight (TIS) when given, plus kl_coef x KL to
+    the reference when given, aggregated by `loss_agg_mode`. Returns the loss and this micro-batch's
+    share of the mini-batch token means (pg_loss, kl, clipfrac)."""
+    pg, info = clipped_policy_loss(logprobs, old_logprobs, advantages, settings.clip_eps_low, settings.clip_eps_high,
+                                   settings.dual_clip_c)
+    if is_weights is not None:
+        pg = pg * is_weights
+    stats = {"pg_loss": (pg.detach() * mask).sum().item() / totals.tokens,
+             "clipfrac": (info["clipped"] * mask).sum().item() / totals.tokens, "kl": 0.0}
+    per_token = pg
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, settings.kl_type)
+        per_token = pg + settings.kl_coef * kl
+        stats["kl"] = (kl.detach() * mask).sum().item() / totals.tokens
+    aggregate = LOSS_AGGREGATIONS[settings.loss_agg_mode]
+    return aggregate(per_token, mask, total_tokens=totals.tokens, total_seqs=totals.seqs, max_len=totals.max_len), stats

@@ -76,7 +76,6 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
     """Generate, score and filter until the step's batch is complete (phases timed in `batch.times`)."""
     timer = PhaseTimer()
     algo = cfg.algorithm
-    filtering = algo.filter_groups or (cfg.reward.unlikeliness.beta_rank > 0 and cfg.reward.unlikeliness.filter_groups)
     target = cfg.trainer.prompts_per_step
     per_round = (algo.gen_prompts_per_round or 3 * target) if algo.dynamic_sampling else target
     batch, next_group = StepBatch(), 0
@@ -96,7 +95,7 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
         start = len(batch.completions)
         batch.extend(completions, [source for source, _, _ in picked], columns, scores, correct)
         next_group += per_round
-        _drop_groups(batch, start, cfg, filtering)
+        _drop_groups(batch, start, cfg, algo.filter_groups)
         if not algo.dynamic_sampling or len(batch.kept_groups()) >= target:
             if algo.dynamic_sampling:
                 _keep_first_groups(batch, target)

@@ -75,7 +75,7 @@ class Workers:
         self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
         lora = cfg.lora.model_dump()
         self.learners = [ray.remote(Learner).options(**options).remote(
-            model_path, cfg.model.dtype, lora, cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+            model_path, cfg.model.dtype, lora, cfg.algorithm, cfg.trainer,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]
         self.learner = self.learners[0] if self.learners else None  # rank 0: sends weights, scores probes, saves
         # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else rank 0

@@ -11,7 +11,7 @@ class CallTimeout(Exception):
     pass
 
 
-def call_with_timeout(fn: Callable[..., Any], timeout_s: float, *args: Any, **kwargs: Any) -> Any:
+def call_with_timeout(fn: Callable[..., Any], timeout_s: float, /, *args: Any, **kwargs: Any) -> Any:
     """fn(*args, **kwargs), or CallTimeout after timeout_s.
 
     In the main thread (a Ray actor's methods run there) SIGALRM interrupts the call itself;

@@ -9,7 +9,7 @@ from pipeline.records import TrainBatch
 
 def _learner(path, **trainer):
     cfg = load_config(None, [f"trainer.{k}={v}" for k, v in trainer.items()] + ["trainer.lr=0.01"])
-    return Learner(path, "float32", cfg.lora.model_dump(), cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+    return Learner(path, "float32", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
                    temperature=1.0, max_new_tokens=8, seed=0)
 
 
@@ -32,7 +32,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tiny_model_path, mode
     whole = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
     split = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5)
     for learner in (whole, split):
-        learner.algo["loss_agg_mode"] = mode
+        learner.algo.loss_agg_mode = mode
         learner.update(_batch())
     # Adam's first moment after one step is (1 - beta1) * gradient: compare the gradients themselves
     for a, b in zip(_first_moments(whole), _first_moments(split)):
@@ -72,7 +72,7 @@ def test_overlong_filtering_masks_the_loss_of_truncated_samples(tiny_model_path)
 def test_truncated_importance_sampling_reweights_tokens_by_the_rollout_gap(tiny_model_path):
     plain = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
     capped = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
-    capped.algo["tis_cap"] = 2.0
+    capped.algo.tis_cap = 2.0
     batch = _batch()
     exact = plain.sequence_logprobs(batch.prompt_ids, batch.completion_ids)
     batch.behaviour_logprobs = exact  # rollout = learner: every weight is 1, the update is unchanged
@@ -108,7 +108,7 @@ def test_eva_initialisation_redistributes_ranks_and_the_adapter_reloads(tiny_mod
     from transformers import AutoModelForCausalLM
 
     cfg = load_config(None, ["lora.init=eva", "lora.rank=4", "lora.alpha=8", "lora.eva_max_steps=5"])
-    learner = Learner(tiny_model_path, "float32", cfg.lora.model_dump(), cfg.algorithm.model_dump(), cfg.trainer.model_dump(),
+    learner = Learner(tiny_model_path, "float32", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=8, seed=0)
     batch = _batch()
     layout = learner.init_eva([p + c for p, c in zip(batch.prompt_ids, batch.completion_ids)] * 3)

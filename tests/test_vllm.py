@@ -36,7 +36,7 @@ def _trained_adapter(tiny_model_path):
     from actors.learner import Learner
 
     cfg = load_config(None, ["trainer.lr=0.05"])
-    learner = Learner(tiny_model_path, "float32", LORA, cfg.algorithm.model_dump(), cfg.trainer.model_dump(), 1.0, 8, 0)
+    learner = Learner(tiny_model_path, "float32", LORA, cfg.algorithm, cfg.trainer, 1.0, 8, 0)
     learner.update(TrainBatch([PROMPTS[0]] * 4, [[16, 15, 1], [14, 1], [13, 13, 1], [16, 1]], [1.0, -1.0, 0.5, -0.5], [0] * 4))
     return learner
 
