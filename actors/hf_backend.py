@@ -4,17 +4,80 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tokenizers.decoders import DecodeStream
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from actors.policy_model import load_policy, load_tokenizer, pad_sequences, pick_device, reshape_lora, token_logprobs, unpad
+from actors.policy_model import (derive_seed, eos_token_ids, ignore_generation_defaults, load_policy, load_tokenizer,
+                                 pad_sequences, pick_device, reshape_lora, token_logprobs, unpad)
 from pipeline.records import Completion, PromptSpec, SamplingSpec
+
+
+class TextStream:
+    """A completion's text exactly as vLLM's detokenizer builds it: a tokenizers DecodeStream primed with
+    the prompt, so a SentencePiece leading space or a character split across tokens decodes the same on
+    both backends, and an incomplete character is held back. One step per token: O(length)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int]):
+        self.backend = tokenizer.backend_tokenizer
+        self.stream = DecodeStream(ids=prompt_ids, skip_special_tokens=True)
+        self.text = ""
+
+    def step(self, token: int) -> int:
+        """Append one token; the number of characters it added."""
+        piece = self.stream.step(self.backend, token) or ""
+        self.text += piece
+        return len(piece)
+
+
+def stop_string_start(text: str, new_chars: int, stop: tuple[str, ...]) -> int | None:
+    """Where a stop string completed by the last `new_chars` characters starts; the one that ends first
+    wins, ties by list order (vLLM's check_stop_strings)."""
+    hits = [(at + len(s), k, at) for k, s in enumerate(stop) if (at := text.find(s, max(0, len(text) - new_chars - len(s) + 1))) >= 0]
+    return min(hits)[2] if new_chars and hits else None
+
+
+def completion_end(tokens: list[int], eos: frozenset[int], stop: tuple[str, ...], stream: TextStream) -> tuple[int, str, str]:
+    """(tokens kept, text, finish reason), ending a completion exactly where vLLM does: at the first EOS-set
+    token (kept in the ids, not decoded) or at the token that completes a stop string (kept; the text is
+    cut where the stop string starts), whichever comes first; otherwise it was cut ("length")."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return i + 1, stream.text, "stop"
+        new_chars = stream.step(token)
+        start = stop_string_start(stream.text, new_chars, stop) if stop else None
+        if start is not None:
+            return i + 1, stream.text[:start], "stop"
+    return len(tokens), stream.text, "length"
+
+
+class NewTextStop(StoppingCriteria):
+    """Ends a row once its generated text holds a stop string (HF's StopStringCriteria also matches one
+    that starts inside the prompt, which vLLM never does). Each row's text grows one token per step."""
+
+    def __init__(self, stop: tuple[str, ...], eos: frozenset[int], prompts: list[list[int]], tokenizer):
+        self.stop, self.eos = stop, eos
+        self.streams = [TextStream(tokenizer, p) for p in prompts]
+        self.done = [False] * len(prompts)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            if not self.done[row]:
+                stream = self.streams[row]
+                self.done[row] = token in self.eos or stop_string_start(stream.text, stream.step(token), self.stop) is not None
+        return torch.tensor(self.done, device=input_ids.device)
 
 
 class HFEngine:
     def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, gpus: float):
         self.device = pick_device(gpus)
         self.tokenizer = load_tokenizer(model_path)
+        self.eos = eos_token_ids(self.tokenizer, model_path)
         self.lora = lora
         self.model = load_policy(model_path, dtype, None if lora is None else {**lora, "init": "default"}, self.device).eval()
+        self.context_len = self.model.config.max_position_embeddings
+        ignore_generation_defaults(model_path)
+        bare = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        bare.generation_config = GenerationConfig()  # generate() would fill unset options from the checkpoint's
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self.model = reshape_lora(self.model, self.lora, layout).to(self.device).eval()
@@ -40,7 +103,12 @@ class HFEngine:
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int) -> list[Completion]:
         expanded = [p for p in prompts for _ in range(sampling.n)]
         ids, attention = self._left_pad([p.prompt_ids for p in expanded])
-        torch.manual_seed(sampling.seed)  # generate draws from the global RNG; seeded per call
+        room = [self.context_len - len(p.prompt_ids) for p in expanded]  # vLLM stops at max_model_len too
+        if min(room) <= 0:
+            raise ValueError(f"a prompt of {max(len(p.prompt_ids) for p in expanded)} tokens fills the model's context "
+                             f"({self.context_len}); nothing can be generated")
+        # one stream per chunk, from the step seed and the chunk's groups: a chunk redone gives the same samples
+        torch.manual_seed(derive_seed(sampling.seed, *(p.group_id for p in prompts)))
         greedy = sampling.temperature == 0
         out = self.model.generate(
             input_ids=ids,
@@ -49,31 +117,23 @@ class HFEngine:
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
             top_k=None if greedy else sampling.top_k,
-            max_new_tokens=sampling.max_new_tokens,
+            max_new_tokens=min(sampling.max_new_tokens, max(room)),
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            stop_strings=list(sampling.stop) or None,
-            tokenizer=self.tokenizer if sampling.stop else None,
+            eos_token_id=sorted(self.eos),
+            stopping_criteria=StoppingCriteriaList([NewTextStop(sampling.stop, self.eos, [p.prompt_ids for p in expanded],
+                                                                self.tokenizer)] if sampling.stop else []),
             output_logits=True,
             return_dict_in_generate=True,
         )
         new_tokens = out.sequences[:, ids.shape[1] :].cpu()
         logits = torch.stack(out.logits, dim=1).float() / (sampling.temperature if not greedy else 1.0)
         logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1).to(logits.device)).squeeze(-1).cpu()
-        return [self._completion(p, new_tokens[i], logprobs[i], sampling, version) for i, p in enumerate(expanded)]
+        return [self._completion(p, new_tokens[i, : min(room[i], sampling.max_new_tokens)].tolist(), logprobs[i].tolist(),
+                                 sampling, version) for i, p in enumerate(expanded)]
 
-    def _completion(self, prompt: PromptSpec, tokens: torch.Tensor, logprobs: torch.Tensor, sampling: SamplingSpec, version: int) -> Completion:
-        token_ids = tokens.tolist()
-        eos = self.tokenizer.eos_token_id
-        length, finish = len(token_ids), "length"
-        if eos in token_ids:
-            length, finish = token_ids.index(eos) + 1, "stop"
-        token_ids = token_ids[:length]
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        for stop in sampling.stop:
-            if stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        return Completion(prompt.group_id, prompt.prompt_ids, token_ids, text, logprobs[:length].tolist(), finish, version)
+    def _completion(self, prompt: PromptSpec, tokens: list[int], logprobs: list[float], sampling: SamplingSpec, version: int) -> Completion:
+        length, text, finish = completion_end(tokens, self.eos, sampling.stop, TextStream(self.tokenizer, prompt.prompt_ids))
+        return Completion(prompt.group_id, prompt.prompt_ids, tokens[:length], text, logprobs[:length], finish, version)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(map(len, rows))

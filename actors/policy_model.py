@@ -1,15 +1,18 @@
 """Loading the policy (base model + LoRA) and per-token log-probs: shared by learner and HF rollout."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.errors import RlpostError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(RlpostError, ValueError):
     pass
 
 
@@ -31,6 +34,44 @@ def load_tokenizer(model_path: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+GENERATION_TOKEN_FIELDS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
+                           "_from_model_config"}
+
+
+def checkpoint_generation_config(model_path: str) -> dict[str, Any]:
+    """The checkpoint's generation_config.json ({} when it ships none)."""
+    import json
+
+    path = Path(model_path) / "generation_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def eos_token_ids(tokenizer, model_path: str) -> frozenset[int]:
+    """Every id that ends a completion: the tokenizer's EOS and those generation_config.json lists
+    (Qwen: <|im_end|> and <|endoftext|>); both backends stop on exactly this set."""
+    listed = checkpoint_generation_config(model_path).get("eos_token_id")
+    listed = [] if listed is None else [listed] if isinstance(listed, int) else listed
+    return frozenset({tokenizer.eos_token_id, *listed})
+
+
+def derive_seed(*parts: int) -> int:
+    """A 62-bit seed from (step seed, group ids...): streams of different groups never overlap in practice."""
+    import hashlib
+
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
+
+
+def ignore_generation_defaults(model_path: str) -> list[str]:
+    """Log (once per engine) the checkpoint's generation_config.json defaults that rollouts ignore: samples
+    must come from exactly the distribution whose log-probs are trained, set by rollout.* alone."""
+    ignored = sorted(set(checkpoint_generation_config(model_path)) - GENERATION_TOKEN_FIELDS)
+    if ignored:
+        logging.getLogger(__name__).warning("%s: ignoring generation_config.json %s; rollout.* alone sets sampling",
+                                            model_path, ", ".join(ignored))
+    return ignored
 
 
 def load_policy(model_path: str, dtype: str, lora: dict[str, Any] | None, device: torch.device):

@@ -8,7 +8,7 @@ from typing import Any
 from actors.policy_model import set_threads
 from pipeline.data import encode_prompt
 from pipeline.records import Completion, PromptSpec, SamplingSpec
-from pipeline.worker_pool import StaleWorker
+from actors.worker_pool import StaleWorker
 
 BACKENDS = {"hf": "actors.hf_backend:HFEngine", "vllm": "actors.vllm_backend:VLLMEngine"}
 

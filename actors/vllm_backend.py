@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors.policy_model import derive_seed, eos_token_ids, ignore_generation_defaults
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 
 
@@ -31,9 +32,10 @@ class VLLMEngine:
                 torch._C._cpu._init_amx()  # avoids a SIGILL in the CPU attention kernel on short bf16 prompts
         from vllm import LLM
 
+        # generation_config="vllm": the checkpoint's sampling defaults stay out (only its EOS ids are read)
         options: dict[str, Any] = dict(model=model_path, dtype=dtype, enforce_eager=not on_gpu, seed=0,
                                        logprobs_mode="processed_logprobs", max_model_len=max_model_len,
-                                       worker_extension_cls="actors.vllm_backend.WeightReloader")
+                                       generation_config="vllm", worker_extension_cls="actors.vllm_backend.RlpostWorker")
         if on_gpu:  # sleep mode needs vLLM's CUDA memory pool; on the CPU there is nothing to free
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
         self.can_sleep = on_gpu and sleep_mode
@@ -43,6 +45,9 @@ class VLLMEngine:
                            max_loras=1)
         self.llm = LLM(**{k: v for k, v in options.items() if v is not None})
         self.tokenizer = self.llm.get_tokenizer()
+        self.eos = eos_token_ids(self.tokenizer, model_path)
+        ignore_generation_defaults(model_path)
+        self.full_logprobs = all(self.llm.collective_rpc("rlpost_full_logprobs"))
         self.lora, self.model_path = lora, model_path
         self.adapter_root = Path(tempfile.mkdtemp(prefix="rlpost-adapters-"))
         self.lora_request, self.loads = None, 0
@@ -92,10 +97,15 @@ class VLLMEngine:
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec, version: int) -> list[Completion]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
+        if (sampling.top_p < 1 or sampling.top_k > 0) and not self.full_logprobs:
+            raise ValueError("top_p/top_k need the full-vocabulary behaviour log-probs, which this vLLM's model runner "
+                             "does not give (set VLLM_USE_V2_MODEL_RUNNER=0)")
+        # one seed per group, from the step seed and the group id: a prompt drawn twice gets different samples,
+        # whatever the chunking; vLLM gives the group's samples seed, seed+1, ...
+        params = [SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
-            max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, seed=sampling.seed, logprobs=0,
-        )
+            max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None, stop_token_ids=sorted(self.eos),
+            seed=derive_seed(sampling.seed, p.group_id), logprobs=0) for p in prompts]
         outputs = self.llm.generate([{"prompt_token_ids": p.prompt_ids} for p in prompts], params,
                                     lora_request=self.lora_request, use_tqdm=False)
         completions = []
@@ -103,7 +113,9 @@ class VLLMEngine:
             for sample in output.outputs:
                 ids = list(sample.token_ids)
                 logprobs = [step[token].logprob for step, token in zip(sample.logprobs, ids)]
-                finish = "length" if sample.finish_reason == "length" else "stop"
+                if sample.finish_reason not in ("stop", "length"):  # an aborted or failed request is no sample
+                    raise RuntimeError(f"vLLM finished a request with {sample.finish_reason!r}")
+                finish = sample.finish_reason  # length: max_tokens or max_model_len
                 completions.append(Completion(prompt.group_id, prompt.prompt_ids, ids, sample.text, logprobs, finish, version))
         return completions
 
@@ -133,10 +145,28 @@ def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-class WeightReloader:
-    """vLLM worker extension: `collective_rpc("rlpost_reload_weights", args=(path,))` on every worker."""
+class RlpostWorker:
+    """vLLM worker extension, called on every worker through `collective_rpc("rlpost_...")`."""
 
     def rlpost_reload_weights(self, path: str) -> None:
         from safetensors.torch import load_file
 
         self.reload_weights(weights_iterator=iter(load_file(path).items()))
+
+    def rlpost_full_logprobs(self) -> bool:
+        """Make the sampled tokens' log-probs log_softmax(logits / temperature) over the full vocabulary, as the
+        learner computes them: vLLM's processed log-probs are taken after top-k/top-p renormalisation.
+
+        The V1 sampler hands its top-k/top-p step the temperature-scaled logits; that step's returned
+        log-probs become the reported ones. False where the sampler is shaped otherwise (model runner V2)."""
+        sampler = getattr(getattr(self.model_runner, "sampler", None), "topk_topp_sampler", None)
+        if sampler is None:
+            return False
+        top_k_top_p = sampler.forward
+
+        def forward(logits: torch.Tensor, generators: dict, k: torch.Tensor | None, p: torch.Tensor | None):
+            full = logits.log_softmax(dim=-1, dtype=torch.float32)  # before top-k/top-p edit `logits` in place
+            return top_k_top_p(logits, generators, k, p)[0], full
+
+        sampler.forward = forward
+        return True

@@ -11,37 +11,34 @@ Writes benchmarks/results/consensus.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import QUIET, parser, print_table, train_run, write_result  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.consensus_reward import PICKS, consensus_rewards  # noqa: E402
-from pipeline.data import columnar  # noqa: E402
+from pipeline.data import columnar, load_prompts  # noqa: E402
 from pipeline.records import PromptSpec, SamplingSpec  # noqa: E402
 from pipeline.tiny_model import ensure_tiny_model  # noqa: E402
-from pipeline.train import tokenized_prompts, train  # noqa: E402
-from pipeline.workers import Workers, init_ray  # noqa: E402
+from actors.policy_model import load_tokenizer  # noqa: E402
+from actors.group import ActorGroup, init_ray  # noqa: E402
 
 
 def ranking(cfg, model_path: str, k: int) -> dict[str, dict[str, float]]:
-    _, test = tokenized_prompts(cfg, model_path)
+    _, test = load_prompts(cfg, load_tokenizer(model_path))
     init_ray(cfg)
-    workers = Workers(cfg, model_path)
+    workers = ActorGroup(cfg, model_path)
     table = {}
     try:
         for source, rows in test.items():
             rows = rows[: cfg.eval.prompts_per_source]
-            completions = workers.generate([PromptSpec(g, ids) for g, (ids, _) in enumerate(rows)],
+            completions = workers.generate([PromptSpec(g, p.ids) for g, p in enumerate(rows)],
                                            SamplingSpec(n=k, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed))
-            columns = [rows[c.group_id][1] for c in completions]
+            columns = [rows[c.group_id].columns for c in completions]
             scores = workers.score([c.text for c in completions], columnar(columns))
             correct = [t >= cfg.reward.correct_threshold for t in scores.total]
             _, metrics = consensus_rewards(cfg.reward.consensus, workers.score_texts, completions, columns, correct)
@@ -56,15 +53,13 @@ def ranking(cfg, model_path: str, k: int) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--model", default=None, help="a local HF causal-LM directory instead of the tiny model")
-    parser.add_argument("--rl-steps", type=int, default=100)
-    parser.add_argument("--out", default="benchmarks/results/consensus.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, overrides=True, out="consensus.json")
+    cli.add_argument("--k", type=int, default=8)
+    cli.add_argument("--model", default=None, help="a local HF causal-LM directory instead of the tiny model")
+    cli.add_argument("--rl-steps", type=int, default=100)
+    args = cli.parse_intermixed_args()
 
-    overrides = [*args.overrides, "tracking.wandb=disabled", "run.checkpoint_every=0"]
+    overrides = [*QUIET, *args.overrides]
     if args.model:
         overrides.append(f"model.path={args.model}")
     cfg = load_config("configs/debug_cpu.yaml", overrides)
@@ -72,21 +67,16 @@ def main() -> None:
     table = ranking(cfg, model_path, args.k)
     print(f"\npick accuracy with k={args.k} samples per prompt (any_correct = an oracle that sees all k)")
     columns = [*PICKS, "any_correct", "candidates"]
-    print(f"{'source':<10}" + "".join(f"{c:>12}" for c in columns))
-    for source, row in table.items():
-        print(f"{source:<10}" + "".join(f"{row[c]:>12.3f}" for c in columns))
+    print_table(["source", *columns], [(source, *(row[c] for c in columns)) for source, row in table.items()],
+                ["", *[".3f"] * len(columns)])
 
-    rl_cfg = load_config("configs/debug_cpu.yaml", [*overrides, f"trainer.steps={args.rl_steps}", "reward.consensus.weight=1",
-                                                     "reward.consensus.use=label_free", f"run.dir={tempfile.mkdtemp()}"])
-    results = train(rl_cfg)
+    results, _ = train_run("configs/debug_cpu.yaml", [*overrides, f"trainer.steps={args.rl_steps}", "reward.consensus.weight=1",
+                                                     "reward.consensus.use=label_free"])
     rl = {s: {"before": results["before"][s]["greedy_acc"], "after": results["after"][s]["greedy_acc"]} for s in results["after"]}
     print("\nlabel-free consensus RL: held-out greedy accuracy")
-    for source, row in rl.items():
-        print(f"{source:<10} {row['before']:.3f} -> {row['after']:.3f}")
-    out = {"machine": f"{platform.machine()}, CPU only", "model": args.model or "built-in tiny model", "k": args.k,
-           "pick_accuracy": table, "label_free_rl": {"steps": args.rl_steps, "greedy_acc": rl}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    print_table(["source", "before", "after"], [(s, row["before"], row["after"]) for s, row in rl.items()], ["", ".3f", ".3f"])
+    write_result(args.out, {"model": args.model or "built-in tiny model", "k": args.k,
+                            "pick_accuracy": table, "label_free_rl": {"steps": args.rl_steps, "greedy_acc": rl}})
 
 
 if __name__ == "__main__":

@@ -8,34 +8,25 @@ unlikeliness:  GRPO vs GRPO + unlikeliness reward (mu = 1 and mu = 2); held-out 
                to 64 after training (and for the untrained model).
 eva:           default LoRA init vs EVA init; training reward and held-out accuracy after the run.
 
-Writes benchmarks/results/fidelity_<experiment>.json and .png and prints tables.
+Writes benchmarks/results/fidelity_<experiment>.json and .png (or under --out-dir) and prints tables.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from benchmarks.common import RESULTS, parser, print_table, read_jsonl, train_run, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CURRICULUM_SOURCES = ["reverse_4", "sort_4", "count_8", "sort_6", "reverse_8", "add_2d", "add_3d"]
 PASS_K = [1, 2, 4, 8, 16, 32, 64]
-COMMON = ["tracking.wandb=disabled", "run.checkpoint_every=0"]
 
 
 def run(overrides: list[str]) -> tuple[dict, Path]:
-    run_dir = Path(tempfile.mkdtemp(prefix="rlpost-fidelity-"))
-    cfg = load_config("configs/debug_cpu.yaml", [*COMMON, *overrides, f"run.dir={run_dir}"])
-    return train(cfg), run_dir
+    return train_run("configs/debug_cpu.yaml", overrides, prefix="rlpost-fidelity-")
 
 
 def curriculum(seeds: list[int], steps: int, eval_every: int) -> dict:
@@ -46,8 +37,7 @@ def curriculum(seeds: list[int], steps: int, eval_every: int) -> dict:
     for seed in seeds:
         for arm, extra in arms.items():
             _, run_dir = run([*base, *extra, f"run.seed={seed}"])
-            evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-            probs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            evals, probs = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
             curves[arm][seed] = {
                 "steps": [e["step"] for e in evals],
                 "acc": {s: [e[f"eval/greedy_acc/{s}"] for e in evals] for s in CURRICULUM_SOURCES},
@@ -85,13 +75,11 @@ def eva(seeds: list[int], steps: int) -> dict:
     return {"seeds": seeds, "steps": steps, "results": table}
 
 
-def report_eva(result: dict) -> None:
+def report_eva(result: dict, out_dir: Path) -> None:
     print(f"\nEVA vs default init after {result['steps']} steps, mean ± std over seeds")
-    for arm, by_seed in result["results"].items():
-        reward = [v["train_reward_last"] for v in by_seed.values()]
-        acc = [v["greedy_acc"] for v in by_seed.values()]
-        print(f"{arm:<10} training reward (last 10 steps) {np.mean(reward):.3f}±{np.std(reward):.3f}   "
-              f"held-out greedy acc {np.mean(acc):.3f}±{np.std(acc):.3f}")
+    print_table(["init", "training reward (last 10 steps)", "held-out greedy acc"],
+                [(arm, *(_mean_std([v[key] for v in by_seed.values()], ".3f") for key in ("train_reward_last", "greedy_acc")))
+                 for arm, by_seed in result["results"].items()])
 
 
 def _pass_at_k(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -99,30 +87,33 @@ def _pass_at_k(per_source: dict[str, dict[str, float]]) -> dict[str, float]:
     return {str(k): float(np.mean([m[f"pass@{k}"] for m in per_source.values()])) for k in PASS_K}
 
 
-def report_curriculum(result: dict) -> None:
+def _mean_std(values, spec: str) -> str:
+    return f"{np.mean(values):{spec}}±{np.std(values):{spec}}"
+
+
+def report_curriculum(result: dict, out_dir: Path) -> None:
     print("\ncurriculum: held-out greedy accuracy, final (mean over the curve), mean ± std over seeds")
-    print(f"{'source':<10}" + "".join(f"{arm:>26}" for arm in result["curves"]))
+    rows = []
     for source in result["sources"]:
         cells = []
         for by_seed in result["curves"].values():
             final = [c["acc"][source][-1] for c in by_seed.values()]
             area = [np.mean(c["acc"][source]) for c in by_seed.values()]
-            cells.append(f"{np.mean(final):.2f}±{np.std(final):.2f} ({np.mean(area):.2f}±{np.std(area):.2f})")
-        print(f"{source:<10}" + "".join(f"{c:>26}" for c in cells))
-    _plot_curriculum(result)
+            cells.append(f"{_mean_std(final, '.2f')} ({_mean_std(area, '.2f')})")
+        rows.append((source, *cells))
+    print_table(["source", *result["curves"]], rows)
+    _plot_curriculum(result, out_dir / "fidelity_curriculum.png")
 
 
-def report_unlikeliness(result: dict) -> None:
+def report_unlikeliness(result: dict, out_dir: Path) -> None:
     print("\nunlikeliness: held-out pass@k (mean over sources), mean ± std over seeds")
-    print(f"{'arm':<14}" + "".join(f"{'@' + str(k):>13}" for k in result["k"]))
-    for arm, by_seed in result["pass_at_k"].items():
-        cells = [f"{np.mean([v[str(k)] for v in by_seed.values()]):.3f}±{np.std([v[str(k)] for v in by_seed.values()]):.3f}"
-                 for k in result["k"]]
-        print(f"{arm:<14}" + "".join(f"{c:>13}" for c in cells))
-    _plot_unlikeliness(result)
+    print_table(["arm", *(f"@{k}" for k in result["k"])],
+                [(arm, *(_mean_std([v[str(k)] for v in by_seed.values()], ".3f") for k in result["k"]))
+                 for arm, by_seed in result["pass_at_k"].items()])
+    _plot_unlikeliness(result, out_dir / "fidelity_unlikeliness.png")
 
 
-def _plot_curriculum(result: dict) -> None:
+def _plot_curriculum(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,10 +135,10 @@ def _plot_curriculum(result: dict) -> None:
     axes[1, 0].set_ylabel("sampling probability")
     axes[0, 0].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "fidelity_curriculum.png", dpi=90)
+    fig.savefig(path, dpi=90)
 
 
-def _plot_unlikeliness(result: dict) -> None:
+def _plot_unlikeliness(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,28 +153,26 @@ def _plot_unlikeliness(result: dict) -> None:
     ax.set_ylabel("held-out pass@k (mean over sources)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "fidelity_unlikeliness.png", dpi=90)
+    fig.savefig(path, dpi=90)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--experiments", nargs="+", default=["curriculum", "unlikeliness", "eva"])
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--seeds", type=int, default=3)
+    cli.add_argument("--steps", type=int, default=150)
+    cli.add_argument("--eval-every", type=int, default=25)
+    cli.add_argument("--experiments", nargs="+", default=["curriculum", "unlikeliness", "eva"])
+    cli.add_argument("--out-dir", type=Path, default=RESULTS, help="where fidelity_<experiment>.json/.png go")
+    args = cli.parse_args()
     seeds = list(range(args.seeds))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU only"
     experiments = {"curriculum": (lambda: curriculum(seeds, args.steps, args.eval_every), report_curriculum),
                    "unlikeliness": (lambda: unlikeliness(seeds, args.steps), report_unlikeliness),
                    "eva": (lambda: eva(seeds, args.steps), report_eva)}
     for name in args.experiments:
         build, report = experiments[name]
         result = build()
-        result["machine"] = machine
-        (RESULTS / f"fidelity_{name}.json").write_text(json.dumps(result, indent=1))
-        report(result)
+        write_result(args.out_dir / f"fidelity_{name}.json", result, indent=1)
+        report(result, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,9 @@ trains. Writes benchmarks/results/gpu_check.json (or --out).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,34 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.hf_backend import HFEngine  # noqa: E402
 from actors.learner import Learner  # noqa: E402
+from benchmarks.common import parser, timed, write_result  # noqa: E402
 from pipeline.config import TinyModelConfig, load_config  # noqa: E402
 from pipeline.records import PromptSpec, SamplingSpec, TrainBatch  # noqa: E402
 from pipeline.tasks import generate_split  # noqa: E402
 from pipeline.tiny_model import build_tokenizer, ensure_tiny_model  # noqa: E402
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times, out
+def cuda_timed(fn, repeats: int, warmup: bool = True) -> tuple[list[float], object]:
+    return timed(fn, repeats, warmup=warmup, sync=torch.cuda.synchronize)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/gpu_check.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, out="gpu_check.json", new_tokens=128)
+    cli.add_argument("--hidden", type=int, default=1024)
+    cli.add_argument("--layers", type=int, default=12)
+    cli.add_argument("--dtype", default="bfloat16")
+    args = cli.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device")
 
@@ -75,14 +61,13 @@ def main() -> None:
     prompts = [PromptSpec(i, tokenizer(p)["input_ids"]) for i, (p, _) in enumerate(examples)]
     sampling = SamplingSpec(n=args.n, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
     engine.generate(prompts[:4], sampling, 0)  # warm-up (CUDA context, kernels)
-    gen_times, completions = timed(lambda: engine.generate(prompts, sampling, 0), args.repeats)
+    gen_times, completions = cuda_timed(lambda: engine.generate(prompts, sampling, 0), args.repeats, warmup=False)
     gen_tokens = sum(len(c.token_ids) for c in completions)
 
     gen = torch.Generator().manual_seed(0)
     batch = TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions],
                        torch.randn(len(completions), generator=gen).tolist(), [c.group_id for c in completions])
-    learner.update(batch)  # warm-up
-    train_times, metrics = timed(lambda: learner.update(batch), args.repeats)
+    train_times, metrics = cuda_timed(lambda: learner.update(batch), args.repeats)
 
     engine.load_adapter(learner.adapter_state(), 1)
     probe = (completions[0].prompt_ids, completions[0].token_ids)
@@ -94,8 +79,7 @@ def main() -> None:
     sync = {}
     for kind, send in (("adapter", lambda: engine.load_adapter(learner.adapter_state(), 2)),
                        ("merged", lambda: bare.load_merged(learner.merged_state(), 2))):
-        send()  # warm-up
-        times, _ = timed(send, args.repeats)
+        times, _ = cuda_timed(send, args.repeats)
         sync[kind] = {"seconds_median": statistics.median(times)}
     sync["adapter"]["bytes"] = sum(v.nbytes for v in learner.adapter_state().values())
     sync["merged"]["bytes"] = sum(t.numel() * t.element_size() for t in learner.merged_state().values())
@@ -138,8 +122,7 @@ def main() -> None:
         print(f"{kind + ' sync':<18}{row['seconds_median'] * 1000:.1f} ms for {row['bytes'] / 1e6:.1f} MB")
     print(f"merged sync       max |logprob gap| = {sync['merged']['max_logprob_gap']:.2e}")
     print(f"engine sleep      freed {freed_gib:.2f} GiB; same greedy output after wake-up: {same_after_wake}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

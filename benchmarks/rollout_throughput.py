@@ -11,13 +11,9 @@ Writes benchmarks/results/rollout_throughput.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +22,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from actors.learner import Learner  # noqa: E402
 from actors.rollout import RolloutWorker  # noqa: E402
+from benchmarks.common import parser, print_table, timed, write_result  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.records import PromptSpec, SamplingSpec  # noqa: E402
 from pipeline.tasks import generate_split  # noqa: E402
@@ -33,24 +30,14 @@ from pipeline.tiny_model import ensure_tiny_model  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
+    times, out = timed(fn, repeats)
     return statistics.median(times), out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--out", default="benchmarks/results/rollout_throughput.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, out="rollout_throughput.json", new_tokens=8)
+    cli.add_argument("--model", default=None)
+    args = cli.parse_args()
 
     cfg = load_config("configs/debug_cpu.yaml", [f"model.path={args.model}"] if args.model else [])
     path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
@@ -82,7 +69,7 @@ def main() -> None:
         seconds, (_, nbytes) = median_time(lambda: worker.load_weights(state(), next(versions), probe), args.repeats)
         sync[kind] = {"seconds": seconds, "bytes": nbytes}
 
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only", "model": path,
+    result = {"model": path,
               "samples": args.prompts * args.n, "max_new_tokens": args.new_tokens,
               "tokens_per_s": {k: t / s for k, (s, t) in rows.items()}, "seconds": {k: s for k, (s, _) in rows.items()},
               "sync": sync, "sync_ratio_merged_over_adapter": sync["merged"]["seconds"] / sync["adapter"]["seconds"]}
@@ -90,15 +77,12 @@ def main() -> None:
     result["ratio_b_over_a"] = tps["b_rlpost_vllm"] / tps["a_bare_vllm"]
     result["ratio_b_over_c"] = tps["b_rlpost_vllm"] / tps["c_rlpost_hf"]
     result["ratio_d_over_b"] = tps["d_rlpost_vllm_merged"] / tps["b_rlpost_vllm"]
-    print(f"{'engine':<22}{'seconds':>10}{'tokens/s':>12}")
-    for name, (seconds, tokens) in rows.items():
-        print(f"{name:<22}{seconds:>10.3f}{tokens / seconds:>12.0f}")
+    print_table(["engine", "seconds", "tokens/s"], [(name, s, t / s) for name, (s, t) in rows.items()], ["", ".3f", ".0f"])
     print(f"b/a = {result['ratio_b_over_a']:.2f}   b/c = {result['ratio_b_over_c']:.2f}   d/b = {result['ratio_d_over_b']:.2f}")
     for kind, row in sync.items():
         print(f"{kind} sync (learner read-out + transfer file + load + verify probe): {row['seconds'] * 1000:.1f} ms "
               f"for {row['bytes'] / 1e6:.2f} MB")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

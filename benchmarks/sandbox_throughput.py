@@ -7,11 +7,7 @@ against a bare interpreter. Writes benchmarks/results/sandbox_throughput.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -20,12 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import parser, print_table, timed, write_result  # noqa: E402
 from rewards import sandbox_isolation  # noqa: E402
 from rewards.sandbox import Limits, run_tests  # noqa: E402
 from rewards.sandbox_exec import execute  # noqa: E402
 from rewards.sandbox_isolation import interpreter, isolation, probe  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "sandbox_throughput.json"
 
 
 def programs(n: int) -> list[tuple[str, object]]:
@@ -51,28 +46,27 @@ def throughput(progs: list[tuple[str, object]], workers: int, sandbox: str) -> d
             "completions_per_s": round(len(progs) / wall, 1), "passed_fraction": sum(r.passed == r.total for r in results) / len(progs)}
 
 
-def startup_ms(bwrap: str | None, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        execute({"mode": "stdio", "code": "pass"}, b"", Limits(), time.monotonic() + 10, bwrap)
-    return round(1000 * (time.perf_counter() - start) / repeats, 1)
+def startup_ms(fn, repeats: int) -> float:
+    """Mean milliseconds of `fn()` over `repeats` calls."""
+    times, _ = timed(fn, repeats, warmup=False)
+    return round(1000 * sum(times) / repeats, 1)
+
+
+def harness(bwrap: str | None):
+    return lambda: execute({"mode": "stdio", "code": "pass"}, b"", Limits(), time.monotonic() + 10, bwrap)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--programs", type=int, default=1000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--startup-repeats", type=int, default=100)
-    args = parser.parse_args()
+    cli = parser(__doc__, out="sandbox_throughput.json")
+    cli.add_argument("--programs", type=int, default=1000)
+    cli.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    cli.add_argument("--startup-repeats", type=int, default=100)
+    args = cli.parse_args()
     logging.disable(logging.WARNING)  # the best_effort warning, expected here
     bwrap = isolation("strict")
-    start = time.perf_counter()
-    for _ in range(args.startup_repeats):
-        subprocess.run([interpreter(), "-I", "-S", "-c", "pass"], check=True)
-    bare = round(1000 * (time.perf_counter() - start) / args.startup_repeats, 1)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-              "startup_ms": {"bare python -I -S": bare, "harness, no bwrap": startup_ms(None, args.startup_repeats),
-                             "harness in bwrap": startup_ms(bwrap, args.startup_repeats)},
+    bare = startup_ms(lambda: subprocess.run([interpreter(), "-I", "-S", "-c", "pass"], check=True), args.startup_repeats)
+    result = {"startup_ms": {"bare python -I -S": bare, "harness, no bwrap": startup_ms(harness(None), args.startup_repeats),
+                             "harness in bwrap": startup_ms(harness(bwrap), args.startup_repeats)},
               "throughput": {}}
     progs = programs(args.programs)
     for label, isolated in (("isolation on (bwrap)", True), ("isolation off (best_effort layers)", False)):
@@ -80,8 +74,11 @@ def main() -> None:
             sandbox_isolation.probe = lambda: (None, "benchmark: isolation off")
         result["throughput"][label] = [throughput(progs, w, "strict" if isolated else "best_effort") for w in args.workers]
     sandbox_isolation.probe = probe
-    print(json.dumps(result, indent=2))
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(["start-up of one execution", "ms"], result["startup_ms"].items(), ["", ".1f"])
+    print_table(["scoring", "workers", "completions/s", "passed"],
+                [(label, r["workers"], r["completions_per_s"], r["passed_fraction"])
+                 for label, rows in result["throughput"].items() for r in rows], ["", "", ".1f", ".3f"])
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -11,31 +11,24 @@ benchmarks/results/scaling.json and scaling.png.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from benchmarks.common import NO_EVAL, machine, parser, print_table, read_jsonl, train_run, write_result  # noqa: E402
 
 PHASES = ("generate", "score", "train", "wait_for_rollouts", "sync")
 
 
 def run(config: str, overrides: list[str], steps: int) -> list[dict]:
-    run_dir = tempfile.mkdtemp(prefix="rlpost-scaling-")
-    train(load_config(config, [*overrides, f"trainer.steps={steps}", f"run.dir={run_dir}", "eval.before=false",
-                               "eval.after=false", "tracking.wandb=disabled", "run.checkpoint_every=0"]))
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    _, run_dir = train_run(config, [*overrides, f"trainer.steps={steps}", *NO_EVAL], prefix="rlpost-scaling-")
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def summarise(rows: list[dict], skip: int) -> dict:
@@ -48,16 +41,13 @@ def summarise(rows: list[dict], skip: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--skip", type=int, default=3)
-    parser.add_argument("--rollout-workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--learners", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--curve-steps", type=int, default=60, help="steps of the sync vs async reward curves (0 = skip)")
-    parser.add_argument("--out", default="benchmarks/results/scaling.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, config=True, out="scaling.json")
+    cli.add_argument("--steps", type=int, default=15)
+    cli.add_argument("--skip", type=int, default=3)
+    cli.add_argument("--rollout-workers", type=int, nargs="+", default=[1, 2])
+    cli.add_argument("--learners", type=int, nargs="+", default=[1, 2])
+    cli.add_argument("--curve-steps", type=int, default=60, help="steps of the sync vs async reward curves (0 = skip)")
+    args = cli.parse_intermixed_args()
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
@@ -80,21 +70,20 @@ def main() -> None:
     ray.shutdown()
 
     base = next(g for g in grid if g["rollout_workers"] == 1 and g["learners"] == 1 and not g["async"])
-    print(f"\n{'workers':>7} {'learners':>8} {'async':>6} {'step s':>7} {'samples/s':>10} {'tok/s':>7} {'speed-up':>8}  "
-          + " ".join(f"{p:>9.9}" for p in PHASES))
     for g in grid:
         g["speedup_vs_1_1_sync"] = base["step_s"] / g["step_s"]
-        print(f"{g['rollout_workers']:>7} {g['learners']:>8} {g['async']!s:>6} {g['step_s']:>7.3f} {g['samples_per_s']:>10.0f} "
-              f"{g['gen_tokens_per_s']:>7.0f} {g['speedup_vs_1_1_sync']:>8.2f}  " + " ".join(f"{g['phases_s'][p]:>9.3f}" for p in PHASES))
+    print()
+    print_table(["workers", "learners", "async", "step s", "samples/s", "tok/s", "speed-up", *PHASES],
+                [(g["rollout_workers"], g["learners"], str(g["async"]), g["step_s"], g["samples_per_s"], g["gen_tokens_per_s"],
+                  g["speedup_vs_1_1_sync"], *(g["phases_s"][p] for p in PHASES)) for g in grid],
+                ["", "", "", ".3f", ".0f", ".0f", ".2f", *[".3f"] * len(PHASES)])
     for name, curve in curves.items():
         tail = curve["reward"][-10:]
         print(f"{name}: {curve['samples'][-1]} samples in {curve['wall_s']:.0f}s, reward first 10 "
               f"{statistics.mean(curve['reward'][:10]):.3f} -> last 10 {statistics.mean(tail):.3f}")
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU", "config": args.config,
-              "overrides": args.overrides, "steps": args.steps, "skip": args.skip, "grid": grid, "curves": curves}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    plot(result, Path(args.out).with_suffix(".png"))
+    result = {"machine": machine(), "config": args.config, "overrides": args.overrides, "steps": args.steps,
+              "skip": args.skip, "grid": grid, "curves": curves}
+    plot(result, write_result(args.out, result).with_suffix(".png"))
 
 
 def plot(result: dict, path: Path) -> None:

@@ -9,14 +9,10 @@ Reports steps completed, restarts, redone work, the memory of the driver plus ev
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,8 +21,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from benchmarks.common import NO_EVAL, machine, parser, print_table, read_jsonl, train_run, write_result  # noqa: E402
 
 VICTIMS = ("ray::RolloutWorker", "ray::Scorer")
 
@@ -77,36 +72,30 @@ class Chaos(threading.Thread):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--kill-every", type=float, default=10.0, help="seconds between kills")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/soak.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, config=True, out="soak.json")
+    cli.add_argument("--steps", type=int, default=300)
+    cli.add_argument("--kill-every", type=float, default=10.0, help="seconds between kills")
+    cli.add_argument("--seed", type=int, default=0)
+    args = cli.parse_intermixed_args()
 
-    run_dir = tempfile.mkdtemp(prefix="rlpost-soak-")
-    cfg = load_config(args.config, [
-        "rollout.num_workers=2", "rollout.cpus_per_worker=0.5", "reward.num_workers=2", "rollout.max_restarts=-1",
-        "reward.max_restarts=-1", *args.overrides, f"trainer.steps={args.steps}", f"run.dir={run_dir}",
-        "eval.before=false", "eval.after=false", "tracking.wandb=disabled", "run.checkpoint_every=50"])
+    overrides = ["rollout.num_workers=2", "rollout.cpus_per_worker=0.5", "reward.num_workers=2", "rollout.max_restarts=-1",
+                 "reward.max_restarts=-1", *args.overrides, f"trainer.steps={args.steps}", *NO_EVAL, "run.checkpoint_every=50"]
     shm_before = len(os.listdir("/dev/shm"))
     chaos = Chaos(args.kill_every, args.seed)
     chaos.start()
     start = time.perf_counter()
     try:
-        results = train(cfg)
+        results, run_dir = train_run(args.config, overrides, prefix="rlpost-soak-")
     finally:
         chaos.stop.set()
         chaos.join()
     wall = time.perf_counter() - start
     time.sleep(2.0)  # let killed actors' processes exit
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     memory = [gib for _, gib in chaos.memory]
     quarter = max(1, len(memory) // 4)
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "machine": machine(),
         "config": args.config, "overrides": args.overrides, "steps_asked": args.steps,
         "steps_completed": len(rows), "steps_unique": len({r["step"] for r in rows}), "wall_s": round(wall, 1),
         "kills": chaos.kills, **{k: rows[-1][k] for k in rows[-1] if k.startswith("faults/")},
@@ -117,11 +106,8 @@ def main() -> None:
         "memory_last_quarter_gib": round(sum(memory[-quarter:]) / quarter, 3),
         "dev_shm_entries_before": shm_before, "dev_shm_entries_after": len(os.listdir("/dev/shm")),
     }
-    width = max(map(len, report))
-    for key, value in report.items():
-        print(f"{key:<{width}}  {value}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({**report, "memory_trace_gib": [round(m, 3) for m in memory]}, indent=2))
+    print_table(["metric", "value"], report.items())
+    write_result(args.out, {**report, "memory_trace_gib": [round(m, 3) for m in memory]})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ std: an all-correct group must not turn tiny KL differences into O(1) advantages
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -42,7 +44,8 @@ def compute_advantages(cfg: Config, batch: StepBatch, indices: list[int],
     if unlikely.beta_rank > 0:
         correct = [batch.correct[i] for i in indices]
         mean_logprobs = [float(np.mean(c.logprobs)) if c.logprobs else 0.0 for c in completions]
-        rewards, factors = apply_unlikeliness(rewards, rewards, correct, mean_logprobs, group_ids, unlikely.beta_rank,
+        correctness = [_correctness_term(cfg, batch, i) for i in indices]
+        rewards, factors = apply_unlikeliness(rewards, correctness, correct, mean_logprobs, group_ids, unlikely.beta_rank,
                                               unlikely.rank_convention)
         metrics["unlikeliness/mean_factor_correct"] = _mean([f for f, ok in zip(factors, correct) if ok])
         metrics["unlikeliness/unique_correct_per_group"] = _unique_correct_per_group(completions, correct)
@@ -58,6 +61,25 @@ def compute_advantages(cfg: Config, batch: StepBatch, indices: list[int],
         advantages = advantages - algo.kl_coef * (kl - core_algos.group_stats(kl, group_ids)[0])
         metrics["train/kl_in_reward"] = _mean(reference_kl)
     return advantages.tolist(), metrics
+
+
+def curriculum_feed(batch: StepBatch, advantages: dict[int, float]) -> tuple[list[str], list[float]]:
+    """The sampler learns from every scored sample's true advantage: what was trained on, mixed groups
+    cut by dynamic sampling, and 0 for groups without a signal; unscored groups teach it nothing."""
+    unscored = {c.group_id for c, total in zip(batch.completions, batch.scores.total) if not math.isfinite(total)}
+    kept = [i for i, c in enumerate(batch.completions) if c.group_id not in unscored]
+    return [batch.sources[i] for i in kept], [advantages.get(i, 0.0) for i in kept]
+
+
+def _correctness_term(cfg: Config, batch: StepBatch, i: int) -> float:
+    """The part of sample i's reward earned by being correct: the weighted value of the verifier component
+    (reward.unlikeliness.component, or the first component of its source); format bonuses, penalties and
+    the consensus bonus are not part of it."""
+    components = cfg.reward.by_source.get(batch.sources[i], cfg.reward.components)
+    name = cfg.reward.unlikeliness.component or components[0].name
+    weight = next((c.weight for c in components if c.name == name), 0.0)
+    value = batch.scores.components.get(name, [None] * len(batch.completions))[i]
+    return weight * (value or 0.0)
 
 
 def _unique_correct_per_group(completions, correct: list[bool]) -> float:

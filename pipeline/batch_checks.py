@@ -7,11 +7,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from actors.policy_model import eos_token_ids
 from pipeline.config import RolloutConfig
+from pipeline.errors import RlpostError
 from pipeline.records import Completion
 
 
-class BatchInvariantError(RuntimeError):
+class BatchInvariantError(RlpostError):
     """A completion is not what the policy sampled; training on it would give wrong gradients."""
 
 
@@ -19,21 +21,11 @@ class BatchInvariantError(RuntimeError):
 class SpecialTokens:
     pad: int
     eos: frozenset[int]  # every id that ends a completion (tokenizer and generation_config)
-    context_len: int | None  # the engine cuts a completion here too (finish reason "length")
 
 
-def special_tokens(tokenizer: Any, model_path: str, rollout: RolloutConfig) -> SpecialTokens:
+def special_tokens(tokenizer: Any, model_path: str) -> SpecialTokens:
     """The ids the checks need, read the way the rollout engines read them."""
-    from transformers import AutoConfig, GenerationConfig
-
-    eos = {tokenizer.eos_token_id}
-    try:
-        listed = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json
-        listed = None
-    eos |= set(listed if isinstance(listed, list) else [listed] if listed is not None else [])
-    context = rollout.max_model_len or getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
-    return SpecialTokens(tokenizer.pad_token_id, frozenset(eos), context)
+    return SpecialTokens(tokenizer.pad_token_id, eos_token_ids(tokenizer, model_path))
 
 
 def check_completions(completions: list[Completion], rollout: RolloutConfig, special: SpecialTokens) -> None:
@@ -56,10 +48,10 @@ def _problem(c: Completion, rollout: RolloutConfig, special: SpecialTokens) -> s
         return "a log-prob is not finite or is above 0"
     if any(t in special.eos for t in ids[:-1]):
         return "an end-of-sequence token before the last position (generation went on past it)"
-    if special.pad not in special.eos and special.pad in ids:
-        return f"the pad token {special.pad} inside the completion"
-    if c.finish_reason == "length":
-        cut_by_context = special.context_len is not None and len(c.prompt_ids) + n >= special.context_len
+    if c.finish_reason == "stop" and special.pad not in special.eos and ids[-1] == special.pad:
+        return f"padding (token {special.pad}) after the end of a stopped completion"  # a pad the policy sampled mid-way is real
+    if c.finish_reason == "length":  # the engine may derive a context shorter than the config says: trust it unless given
+        cut_by_context = rollout.max_model_len is None or len(c.prompt_ids) + n >= rollout.max_model_len
         if ids[-1] in special.eos or not (n == rollout.max_new_tokens or cut_by_context):
             return "finish reason 'length' but the completion ended before the token and context limits"
     elif c.finish_reason == "stop":

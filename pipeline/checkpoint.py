@@ -9,33 +9,51 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import ray
 import yaml
 
 from pipeline.config import Config
+from pipeline.errors import RlpostError
 
 # Changing any of these makes a checkpoint's adapter or data cursor meaningless.
 COMPATIBILITY_KEYS = ("model.path", "model.tiny", "model.dtype", "lora", "data.sources", "data.files", "curriculum.name",
                       "trainer.fsdp")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RlpostError):
     pass
 
 
-def save_checkpoint(run_dir: Path, step: int, learners: list[Any], driver_state: dict[str, Any], cfg: Config, keep_last: int) -> Path:
+@dataclass
+class DriverState:
+    """What the driver itself must restore to continue a run exactly (the learner saves its own part)."""
+
+    step: int = 0
+    sampler: dict[str, Any] = field(default_factory=dict)  # the curriculum's state_dict
+    reward_curve: list[float] = field(default_factory=list)
+    before: dict[str, dict[str, float]] = field(default_factory=dict)  # the evaluation before training
+    wandb_id: str | None = None
+    prefetched: Any = None  # rollout.async: the batch the next step had already generated (a StepBatch)
+
+
+class LearnerCheckpoints(Protocol):
+    def save(self, directory: str) -> None: ...
+    def load(self, directory: str) -> None: ...
+
+
+def save_checkpoint(run_dir: Path, learners: LearnerCheckpoints, state: DriverState, cfg: Config, keep_last: int) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final, staging = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
+    final, staging = root / f"step_{state.step:06d}", root / f".tmp_step_{state.step:06d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    ray.get([learner.save.remote(str(staging)) for learner in learners])  # rank 0 writes (the others help gather, under FSDP)
-    (staging / "driver_state.pkl").write_bytes(pickle.dumps(driver_state))
+    learners.save(str(staging))
+    (staging / "driver_state.pkl").write_bytes(pickle.dumps(state))
     (staging / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    (staging / "meta.json").write_text(json.dumps({"step": step}))
+    (staging / "meta.json").write_text(json.dumps({"step": state.step}))
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)  # atomic: a crash before this line leaves the previous checkpoint as the latest
     for old in sorted(root.glob("step_*"))[:-keep_last]:
@@ -56,7 +74,7 @@ def find_checkpoint(run_dir: Path, resume: str) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: Path, learners: list[Any], cfg: Config) -> dict[str, Any]:
+def load_checkpoint(path: Path, learners: LearnerCheckpoints, cfg: Config) -> DriverState:
     """Restore every learner rank from `path` (after checking the config is compatible); return the driver state."""
     saved = yaml.safe_load((path / "config.yaml").read_text())
     current = cfg.model_dump()
@@ -64,8 +82,9 @@ def load_checkpoint(path: Path, learners: list[Any], cfg: Config) -> dict[str, A
     if different:
         details = "; ".join(f"{k}: checkpoint {_lookup(saved, k)!r}, now {_lookup(current, k)!r}" for k in different)
         raise CheckpointError(f"checkpoint {path} was written under an incompatible config ({details})")
-    ray.get([learner.load.remote(str(path)) for learner in learners])
-    return pickle.loads((path / "driver_state.pkl").read_bytes())
+    learners.load(str(path))
+    state = pickle.loads((path / "driver_state.pkl").read_bytes())
+    return DriverState(**state) if isinstance(state, dict) else state  # checkpoints written before DriverState held a dict
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

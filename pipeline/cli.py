@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import ConfigError, describe_options, load_config
+from pipeline.config import describe_options, load_config
+from pipeline.errors import RlpostError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,36 +33,33 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / job API address")
     sub.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming the logs")
     args = parser.parse_args(argv)
-    if args.command == "submit":
-        from pipeline.submit import submit
-
-        try:
-            status = submit(args.config, args.overrides, args.address, wait=not args.no_wait)
-        except ConfigError as err:
-            print(f"rlpost: {err}", file=sys.stderr)
-            return 2
-        return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "export":
-        from pipeline.export import export_merged
-
-        print(f"merged model written to {export_merged(args.run_dir, args.merged)}")
-        return 0
-
-    overrides = [f"run.{o}" if o.startswith("resume=") else o for o in args.overrides]  # `resume=auto` for short
     try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"rlpost: {err}", file=sys.stderr)
-        return 2
-    from pipeline.train import USER_ERRORS, train as run_training  # heavy imports only once the config is valid
-
-    try:
-        run_training(cfg)
-    except USER_ERRORS as err:
+        return COMMANDS[args.command](args)
+    except RlpostError as err:  # a problem the user can fix: one line, never a traceback
         print(f"rlpost: {type(err).__name__}: {err}", file=sys.stderr)
-        return 130 if type(err).__name__ == "RunInterrupted" else 1
+        return err.exit_code
+
+
+def _train(args) -> int:
+    overrides = [f"run.{o}" if o.startswith("resume=") else o for o in args.overrides]  # `resume=auto` for short
+    cfg = load_config(args.config, overrides)
+    from pipeline.train import train  # heavy imports only once the config is valid
+
+    train(cfg)
+    return 0
+
+
+def _submit(args) -> int:
+    from actors.jobs import submit
+
+    status = submit(args.config, args.overrides, args.address, wait=not args.no_wait)
+    return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
+
+
+def _export(args) -> int:
+    from pipeline.export import export_merged
+
+    print(f"merged model written to {export_merged(args.run_dir, args.merged)}")
     return 0
 
 
@@ -72,11 +70,7 @@ def _eval(args) -> int:
     from pipeline.evaluation import evaluate_saved
     from pipeline.export import resolve_target
 
-    try:
-        cfg, base, adapter = resolve_target(Path(args.target), args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"rlpost: {err}", file=sys.stderr)
-        return 2
+    cfg, base, adapter = resolve_target(Path(args.target), args.config, args.overrides)
     results = evaluate_saved(cfg, base, adapter)
     for source, metrics in results.items():
         print(f"{source:<12} " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
@@ -84,6 +78,9 @@ def _eval(args) -> int:
     if out is not None:
         out.write_text(json.dumps(results, indent=2))
     return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "submit": _submit}
 
 
 if __name__ == "__main__":

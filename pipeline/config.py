@@ -12,10 +12,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import core_algos
+from pipeline.errors import RlpostError
 
 
-class ConfigError(ValueError):
+class ConfigError(RlpostError, ValueError):
     """A config problem a user can fix; the message names the key and what is allowed."""
+
+    exit_code = 2
 
 
 class Section(BaseModel):
@@ -101,6 +104,8 @@ class UnlikelinessConfig(Section):
 
     beta_rank: float = Field(0.0, ge=0, le=1, description="0 = off; the paper's recipe uses 0.25")
     rank_convention: Literal["code", "paper0"] = "code"
+    component: str | None = Field(None, description="the reward component whose weighted value is the correctness term "
+                                  "that gets scaled; empty = the first component of the sample's source")
 
 
 class ConsensusConfig(Section):
@@ -336,9 +341,16 @@ class Config(Section):
         if self.algorithm.overlong_buffer_len > self.rollout.max_new_tokens:
             raise ValueError(f"algorithm.overlong_buffer_len={self.algorithm.overlong_buffer_len} must be <= "
                              f"rollout.max_new_tokens={self.rollout.max_new_tokens}")
+        named = {c.name for c in self.reward.components} | {c.name for cs in self.reward.by_source.values() for c in cs}
+        if self.reward.unlikeliness.component not in (None, *named):
+            raise ValueError(f"reward.unlikeliness.component={self.reward.unlikeliness.component!r} is not a configured "
+                             f"reward component ({sorted(named)})")
         if self.rollout.async_ and self.rollout.sleep_while_training:
             raise ValueError("rollout.async=true generates while the learner trains, so the rollout engines cannot sleep "
                              "then: set rollout.sleep_while_training=false (or rollout.async=false)")
+        if self.reward.consensus.label_free and self.curriculum.update_on_validation:
+            raise ValueError("curriculum.update_on_validation feeds the verifiers' validation rewards (which read the "
+                             "answers) to the sampler; label-free training (reward.consensus.use=label_free) must not")
         if self.reward.consensus.label_free and self.reward.unlikeliness.beta_rank > 0:
             raise ValueError("reward.unlikeliness scales the reward of correct samples, which needs labels; it cannot be "
                              "combined with reward.consensus.use=label_free (set reward.unlikeliness.beta_rank=0)")

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DataConfig
+from pipeline.config import Config, DataConfig
+from pipeline.errors import RlpostError
+from pipeline.records import Prompt
 from pipeline.tasks import generate_split
 
 
-class DataError(ValueError):
+class DataError(RlpostError, ValueError):
     """A data problem: the message names the file, the row and what is wrong."""
 
 
@@ -182,3 +184,20 @@ def encode_prompt(tokenizer: Any, text: str, templated: bool) -> list[int]:
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not templated and not (bos and text.startswith(bos))
     return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+
+def load_prompts(cfg: Config, tokenizer: Any) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
+    """Train and test prompts per source, tokenized exactly as the policy will see them."""
+    train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
+    if not train_rows:
+        raise DataError("no training rows: give data.sources or data.files")
+
+    def encode(row: Row) -> Prompt:
+        text, templated = prompt_text(row, tokenizer, cfg.data.chat_template)
+        question = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
+        columns = {"answer": row.answer, "source": row.source, "prompt": text, "prompts": row.prompt, "question": question,
+                   **row.fields}
+        return Prompt(row.source, encode_prompt(tokenizer, text, templated), columns)
+
+    return ({s: [encode(r) for r in rows] for s, rows in train_rows.items()},
+            {s: [encode(r) for r in rows] for s, rows in test_rows.items() if rows})

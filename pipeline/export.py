@@ -7,13 +7,18 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import Config, load_config
+from pipeline.errors import RlpostError
 from pipeline.tiny_model import ensure_tiny_model
+
+
+class TargetNotFound(RlpostError, FileNotFoundError):
+    """The path given to `rlpost eval` / `rlpost export` is not what the command needs."""
 
 
 def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise TargetNotFound(f"{run_dir} is not a run directory (no config.yaml)")
     return load_config(path, list(overrides))
 
 
@@ -36,7 +41,7 @@ def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tu
     cfg = load_config(config or "configs/debug_cpu.yaml", overrides)
     if (target / "config.json").exists():
         return cfg, str(target), None
-    raise FileNotFoundError(f"{target} is neither a run directory, a peft adapter, nor a Hugging Face model")
+    raise TargetNotFound(f"{target} is neither a run directory, a peft adapter, nor a Hugging Face model")
 
 
 def export_merged(run_dir: Path, out: Path) -> Path:

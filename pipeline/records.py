@@ -2,6 +2,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A training or test prompt as the policy sees it, with its row for the reward functions."""
+
+    source: str
+    ids: list[int]
+    columns: dict[str, Any]  # answer, source, prompt (templated), prompts (as given), question, every extra column
+
+
+@dataclass(frozen=True)
+class Group:
+    """One prompt drawn for a step, under the id that its completions carry (never a list offset)."""
+
+    group_id: int
+    prompt: Prompt
+
+    def spec(self) -> "PromptSpec":
+        return PromptSpec(self.group_id, self.prompt.ids)
 
 
 @dataclass(frozen=True)

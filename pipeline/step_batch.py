@@ -13,17 +13,18 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.config import Config
 from pipeline.consensus_reward import consensus_rewards
 from pipeline.data import columnar
-from pipeline.records import Completion, PromptSpec, SamplingSpec
-from pipeline.tracking import PhaseTimer
+from pipeline.errors import RlpostError
+from pipeline.records import Completion, Group, Prompt, PromptSpec, SamplingSpec, TrainBatch
+from pipeline.timing import PhaseTimer
 from rewards.scoring import Scores
 
 
-class DynamicSamplingError(RuntimeError):
+class DynamicSamplingError(RlpostError):
     pass
 
 
@@ -71,7 +72,15 @@ def reward_inputs(rows: list[dict[str, Any]], completions: list[Completion]) -> 
     return {**columnar(rows), "completion_ids": [c.token_ids for c in completions]}
 
 
-def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[int], dict]]], workers,
+class RolloutActors(Protocol):
+    """What collecting a batch needs of the actors (actors.group.ActorGroup, or a scripted stand-in)."""
+
+    def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]: ...
+    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> Scores: ...
+    def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]: ...
+
+
+def collect(cfg: Config, sample_prompts: Callable[[int], list[Prompt]], workers: RolloutActors,
             sampling: SamplingSpec) -> StepBatch:
     """Generate, score and filter until the step's batch is complete (phases timed in `batch.times`)."""
     timer = PhaseTimer()
@@ -82,18 +91,18 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
     while True:
         batch.gen_rounds += 1
         with timer("generate"):
-            prompts = sample_prompts(per_round)
-            specs = [PromptSpec(next_group + i, ids) for i, (_, ids, _) in enumerate(prompts)]
-            completions = workers.generate(specs, replace(sampling, seed=sampling.seed * 100 + batch.gen_rounds))
-        picked = [prompts[c.group_id - next_group] for c in completions]
-        columns = [cols for _, _, cols in picked]
+            groups = {next_group + i: Group(next_group + i, p) for i, p in enumerate(sample_prompts(per_round))}
+            completions = workers.generate([g.spec() for g in groups.values()],
+                                           replace(sampling, seed=sampling.seed * 100 + batch.gen_rounds))
+        picked = [groups[c.group_id].prompt for c in completions]
+        columns = [p.columns for p in picked]
         with timer("score"):
             scores = workers.score([c.text for c in completions], reward_inputs(columns, completions))
             correct = [t >= cfg.reward.correct_threshold for t in scores.total]
             if cfg.reward.consensus.weight > 0:
                 batch.consensus_metrics.append(_add_consensus(cfg, workers, completions, columns, scores, correct))
         start = len(batch.completions)
-        batch.extend(completions, [source for source, _, _ in picked], columns, scores, correct)
+        batch.extend(completions, [p.source for p in picked], columns, scores, correct)
         next_group += per_round
         _drop_groups(batch, start, cfg, algo.filter_groups)
         if not algo.dynamic_sampling or len(batch.kept_groups()) >= target:
@@ -107,7 +116,7 @@ def collect(cfg: Config, sample_prompts: Callable[[int], list[tuple[str, list[in
                 f"{batch.gen_rounds} generation rounds (algorithm.max_gen_rounds); the data may be too easy or too hard")
 
 
-def _add_consensus(cfg: Config, workers, completions: list[Completion], columns: list[dict], scores: Scores,
+def _add_consensus(cfg: Config, workers: RolloutActors, completions: list[Completion], columns: list[dict], scores: Scores,
                    correct: list[bool]) -> dict[str, float]:
     """The consensus reward as a component: a bonus on the verifiers' total, or the whole reward (label-free)."""
     settings = cfg.reward.consensus
@@ -134,3 +143,17 @@ def _drop_groups(batch: StepBatch, start: int, cfg: Config, filtering: bool) -> 
 def _keep_first_groups(batch: StepBatch, n: int) -> None:
     keep = set(batch.kept_groups()[:n])
     batch.trained = [t and c.group_id in keep for c, t in zip(batch.completions, batch.trained)]
+
+
+def train_batch(cfg: Config, trained: list[tuple[Completion, float]]) -> TrainBatch:
+    """The learner's view of the trained samples and their advantages. Off-policy (rollout.async) samples
+    are clipped against the policy that generated them, unless truncated IS (algorithm.tis_cap) corrects
+    them instead. A sample cut by the token or context limit (finish reason "length") is truncated."""
+    completions = [c for c, _ in trained]
+    return TrainBatch(
+        prompt_ids=[c.prompt_ids for c in completions], completion_ids=[c.token_ids for c in completions],
+        advantages=[a for _, a in trained], group_ids=[c.group_id for c in completions],
+        behaviour_logprobs=[c.logprobs for c in completions],
+        loss_mask=[c.finish_reason != "length" for c in completions] if cfg.algorithm.overlong_filtering else [],
+        old_from_behaviour=cfg.rollout.async_ and not cfg.algorithm.tis_cap,
+    )

@@ -2,37 +2,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
+from curricula import PromptSampler
 from pipeline.config import Config
-
-
-class PhaseTimer:
-    """Accumulates wall time per named phase: `with timer("generate"): ...`."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def __call__(self, phase: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - start
-
-    def pop(self) -> dict[str, float]:
-        out = {f"time/{k}": v for k, v in self.seconds.items()}
-        self.seconds.clear()
-        return out
+from pipeline.step_batch import StepBatch
 
 
 class Tracker:
@@ -137,3 +119,86 @@ def _step_line(row: dict[str, Any]) -> str:
         f"kl {row.get('train/kl', 0.0):.4f} clip {row.get('train/clipfrac', 0.0):.3f} "
         f"{row['throughput/gen_tokens_per_s']:.0f} tok/s | {per_source} | {times}"
     )
+
+
+def step_metrics(cfg: Config, step: int, batch: StepBatch, train_metrics: dict[str, float], sampler: PromptSampler,
+                 times: dict[str, float]) -> dict[str, Any]:
+    """Everything a step logs: rewards and accuracy (overall and per source), reward components, scoring
+    failures, batch shape, the learner's metrics, the curriculum, lengths, staleness and times."""
+    scores, completions = batch.scores, batch.completions
+    correct = [float(ok) for ok in batch.correct]
+    metrics: dict[str, Any] = {"reward/mean": mean_scored(scores.total), "accuracy/mean": float(np.mean(correct))}
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, source in enumerate(batch.sources):
+        by_source[source].append(i)
+    for source, idx in sorted(by_source.items()):
+        metrics[f"reward/{source}"] = mean_scored([scores.total[i] for i in idx])
+        metrics[f"accuracy/{source}"] = float(np.mean([correct[i] for i in idx]))
+    for name, values in scores.components.items():  # None where a component does not apply
+        applied = [i for i, v in enumerate(values) if v is not None]
+        metrics[f"reward_component/{name}"] = float(np.mean([values[i] for i in applied]))
+        for source, idx in sorted(by_source.items()):
+            mine = [values[i] for i in idx if values[i] is not None]
+            if mine:
+                metrics[f"reward_component/{name}/{source}"] = float(np.mean(mine))
+    metrics["scoring/errors"] = float(scores.errors)
+    metrics["scoring/timeouts"] = float(scores.timeouts)
+    metrics["scoring/unscored_groups"] = float(batch.unscored_groups)
+    metrics.update({f"scoring/first_error/{name}": message for name, message in scores.first_errors.items()})
+    for key in dict.fromkeys(k for m in batch.consensus_metrics for k in m):
+        metrics[key] = float(np.mean([m[key] for m in batch.consensus_metrics if key in m]))
+    metrics["batch/gen_rounds"] = float(batch.gen_rounds)
+    metrics["batch/trained_groups"] = float(len(batch.kept_groups()))
+    metrics["batch/trained_samples"] = float(sum(batch.trained))
+    metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
+    metrics.update({f"curriculum/p/{s}": p for s, p in sampler.probabilities().items()})
+    metrics.update({f"curriculum/{k}": v for k, v in sampler.stats().items()})
+    lengths = [len(c.token_ids) for c in completions]
+    metrics["response/length_mean"] = float(np.mean(lengths))
+    metrics["response/truncated_frac"] = float(np.mean([c.finish_reason == "length" for c in completions]))
+    metrics["rollout/staleness"] = float(np.mean([step - 1 - c.policy_version for c in completions]))  # updates behind the learner
+    metrics.update(times)
+    metrics["throughput/gen_tokens_per_s"] = sum(lengths) / max(times.get("time/generate", 0.0), 1e-9)
+    return metrics
+
+
+def mean_scored(totals: list[float]) -> float:
+    """Mean over the samples that were scored (a hung reward worker leaves NaN)."""
+    scored = [t for t in totals if math.isfinite(t)]
+    return float(np.mean(scored)) if scored else float("nan")
+
+
+def sample_rows(batch: StepBatch, advantages: dict[int, float], n: int) -> list[dict[str, Any]]:
+    """The first sample of the first n groups: prompt, completion, reward and its components."""
+    firsts = [i for i, c in enumerate(batch.completions) if i == 0 or batch.completions[i - 1].group_id != c.group_id][:n]
+    return [{"source": batch.sources[i], "prompt": batch.columns[i].get("prompt", ""), "completion": batch.completions[i].text,
+             "answer": str(batch.columns[i].get("answer", "")), "reward": batch.scores.total[i], "advantage": advantages.get(i, 0.0),
+             "trained": batch.trained[i], **{f"reward/{k}": v[i] for k, v in batch.scores.components.items()}} for i in firsts]
+
+
+def final_report(tracker: Tracker, run_dir: Path, before: dict, after: dict, reward_curve: list[float]) -> dict[str, Any]:
+    """First vs last training reward and the before -> after evaluation table: printed, logged, eval.json."""
+    from rich.table import Table
+
+    window = max(1, min(10, len(reward_curve) // 2))
+    results: dict[str, Any] = {"before": before, "after": after}
+    if reward_curve:
+        results["train_reward_first"] = float(np.mean(reward_curve[:window]))
+        results["train_reward_last"] = float(np.mean(reward_curve[-window:]))
+        tracker.print(f"mean training reward: first {window} steps {results['train_reward_first']:.3f} "
+                      f"-> last {window} steps {results['train_reward_last']:.3f}")
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    if before or after:
+        table = Table(title="held-out evaluation (before -> after training)")
+        table.add_column("source")
+        metric_names = list(next(iter((after or before).values())))
+        for name in metric_names:
+            table.add_column(name, justify="right")
+        for source in (after or before):
+            cells = [f"{before.get(source, {}).get(m, float('nan')):.2f}→{after.get(source, {}).get(m, float('nan')):.2f}"
+                     for m in metric_names]
+            table.add_row(source, *cells)
+        tracker.print(table)
+        tracker.log_final_eval(before, after)
+    tracker.close()
+    return results

@@ -6,48 +6,165 @@ Run it:   rlpost train configs/debug_cpu.yaml [section.key=value ...]
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import time
-from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 import yaml
-from ray.exceptions import RayActorError
 
-from actors.policy_model import ModelLoadError, layout_of, load_tokenizer
-from curricula import make_sampler
-from pipeline.advantages import compute_advantages, learnable_indices, trained_indices
-from pipeline.batch_checks import BatchInvariantError, SpecialTokens, check_completions, special_tokens
-from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from actors.group import ActorGroup, LearnerDied, init_ray
+from actors.policy_model import layout_of, load_tokenizer
+from curricula import PromptSampler, make_sampler
+from pipeline.advantages import compute_advantages, curriculum_feed, learnable_indices, trained_indices
+from pipeline.batch_checks import SpecialTokens, check_completions, special_tokens
+from pipeline.checkpoint import CheckpointError, DriverState, find_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Config
-from pipeline.data import DataError, Row, encode_prompt, load_rows, prompt_text
+from pipeline.data import load_prompts
+from pipeline.errors import RlpostError
 from pipeline.evaluation import evaluate
-from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
-from pipeline.step_batch import DynamicSamplingError, StepBatch, collect
+from pipeline.records import Prompt, SamplingSpec
+from pipeline.step_batch import StepBatch, collect, train_batch
+from pipeline.timing import PhaseTimer
 from pipeline.tiny_model import ensure_tiny_model
-from pipeline.placement import PlacementError
-from pipeline.tracking import PhaseTimer, Tracker
-from pipeline.worker_pool import WorkerLost
-from pipeline.workers import SyncError, Workers, init_ray
+from pipeline.tracking import Tracker, final_report, sample_rows, step_metrics
+
+Prompts = dict[str, list[Prompt]]  # by source
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(RlpostError):
+    """Too many updates in a row were skipped (non-finite or exploding gradients)."""
 
 
-class LearnerDied(RuntimeError):
-    """The learner actor died: the run ends, resumable from its latest checkpoint."""
-
-
-class RunInterrupted(RuntimeError):
+class RunInterrupted(RlpostError):
     """SIGTERM or Ctrl-C: the step in flight finished, a checkpoint was written, the actors stop."""
+
+    exit_code = 130
+
+
+class CurriculumError(RlpostError):
+    """The curriculum cannot sample from these sources with these settings."""
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    run_dir = _prepare_run_dir(cfg)
+    _seed_everything(cfg.run.seed)
+    model_path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
+    tokenizer = load_tokenizer(model_path)
+    train_prompts, test_prompts = load_prompts(cfg, tokenizer)
+    special = special_tokens(tokenizer, model_path)
+    sampler = _sampler(cfg, train_prompts)
+    init_ray(cfg)
+    actors = ActorGroup(cfg, model_path)
+    try:
+        with StopRequest() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollouts") as background:
+            return _train(cfg, run_dir, actors, sampler, train_prompts, test_prompts, special, stop, background)
+    except LearnerDied as err:
+        raise LearnerDied(f"{err}; {_resume_hint(run_dir)}") from err
+    finally:
+        actors.shutdown()  # also when the run stops on an error: no actor outlives it
+
+
+def _train(cfg: Config, run_dir: Path, actors: ActorGroup, sampler: PromptSampler, train_prompts: Prompts, test_prompts: Prompts,
+           special: SpecialTokens, stop: StopRequest, background: ThreadPoolExecutor) -> dict[str, Any]:
+    state, checkpoint = _restore(cfg, run_dir, actors, sampler)
+    if cfg.lora.init == "eva":  # the adapter's per-layer shape comes from EVA, or from the checkpoint
+        layout = layout_of(checkpoint / "adapter") if checkpoint else _eva_layout(cfg, actors, train_prompts)
+        actors.reshape_lora(layout)
+        (run_dir / "lora_layout.json").write_text(json.dumps(layout, indent=2))
+    tracker = Tracker(cfg, run_dir, resume_step=state.step if cfg.run.resume else None, wandb_id=state.wandb_id)
+    (run_dir / "placement.json").write_text(json.dumps(actors.where(), indent=2))
+    probe = _probe(train_prompts)
+    actors.sync(state.step, probe)
+    if cfg.eval.before and not cfg.run.resume:
+        state.before = _evaluate(actors, test_prompts, cfg, sampler, tracker, step=0)
+
+    def collect_step(step: int) -> StepBatch:
+        def sample_prompts(n: int) -> list[Prompt]:
+            return [train_prompts[source][i] for source, i in sampler.sample(n)]
+
+        return collect(cfg, sample_prompts, actors, _sampling(cfg, seed=cfg.run.seed * 100_003 + step))
+
+    timer, skipped_in_a_row = PhaseTimer(), 0
+    ahead = _finished(state.prefetched) if state.prefetched and cfg.rollout.async_ else None  # an async resume: its own batch
+    for step in range(state.step + 1, cfg.trainer.steps + 1):
+        step_start = time.perf_counter()
+        # the step's samples: generated now, or (rollout.async) while the learner trained on the previous step
+        batch = ahead.result() if ahead else collect_step(step)
+        check_completions(batch.completions, cfg.rollout, special)
+        # advantages of every scored group with a signal; the curriculum learns from all of them
+        learnable = learnable_indices(batch)
+        kl = (actors.reference_kl([batch.completions[i] for i in learnable])
+              if learnable and cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None)
+        advantages, shaping = compute_advantages(cfg, batch, learnable, kl)
+        per_sample = dict(zip(learnable, advantages))
+        sampler.update(*curriculum_feed(batch, per_sample))
+        # rollout.async: the next batch is generated (by the policy before this update) while the learner trains
+        ahead = background.submit(collect_step, step + 1) if cfg.rollout.async_ and step < cfg.trainer.steps else None
+        # the update, on the trained samples only; a weight sync must not land between the chunks of a generation
+        with timer("train"):
+            trained = [(batch.completions[i], per_sample[i]) for i in trained_indices(batch)]
+            train_metrics = actors.update(train_batch(cfg, trained)) if trained else {"skipped": 1.0}
+        with timer("wait_for_rollouts"):
+            prefetched = ahead.result() if ahead else None
+        skipped_in_a_row = _check_skips(cfg, train_metrics, skipped_in_a_row)
+        # every rollout worker gets the new policy, verified
+        with timer("sync"):
+            sync_bytes = actors.sync(step, probe)
+        # log, evaluate, checkpoint
+        metrics = {**step_metrics(cfg, step, batch, train_metrics, sampler, {**batch.times, **timer.pop()}), **shaping,
+                   "time/step": time.perf_counter() - step_start, "sync/bytes": sync_bytes, **actors.fault_counters()}
+        tracker.log(step, metrics)
+        if cfg.tracking.samples_every and step % cfg.tracking.samples_every == 0:
+            tracker.log_samples(step, sample_rows(batch, per_sample, cfg.tracking.samples_per_table))
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
+            _evaluate(actors, test_prompts, cfg, sampler, tracker, step)
+        state = DriverState(step, sampler.state_dict(), [*state.reward_curve, metrics["reward/mean"]], state.before,
+                            tracker.wandb_id, prefetched)
+        if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or stop.signal:
+            path = save_checkpoint(run_dir, actors, state, cfg, cfg.run.keep_last)
+        if stop.signal:
+            tracker.close()
+            raise RunInterrupted(f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path} "
+                                 "(continue with resume=auto)")
+
+    after = _evaluate(actors, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
+    actors.save_adapter(str(run_dir / "final_adapter"))
+    return final_report(tracker, run_dir, state.before, after, state.reward_curve)
+
+
+# --- the helpers the loop calls, in the order it calls them ------------------------------------
+
+
+def _prepare_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    return run_dir
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _sampler(cfg: Config, train_prompts: Prompts) -> PromptSampler:
+    try:
+        return make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
+    except ValueError as err:  # curricula/ is plain Python: its complaints become the run's one-line error here
+        raise CurriculumError(f"curriculum.{cfg.curriculum.name}: {err}") from None
+
+
+def _resume_hint(run_dir: Path) -> str:
+    try:
+        return f"the latest checkpoint is {find_checkpoint(run_dir, 'auto')} (continue with resume=auto)"
+    except CheckpointError:
+        return "no checkpoint was written yet (set run.checkpoint_every)"
 
 
 class StopRequest:
@@ -68,162 +185,39 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-# Problems a user can fix (bad data, model, checkpoint, settings): reported as one clear line.
-USER_ERRORS = (DataError, ModelLoadError, CheckpointError, DynamicSamplingError, SyncError, TrainingDiverged, RunInterrupted,
-               LearnerDied, WorkerLost, PlacementError, BatchInvariantError)
-
-Prompt = tuple[list[int], dict[str, Any]]  # (prompt token ids, the row's columns for reward functions)
-
-
-def train(cfg: Config) -> dict[str, Any]:
-    run_dir = _prepare_run_dir(cfg)
-    _seed_everything(cfg.run.seed)
-    model_path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
-    train_prompts, test_prompts = tokenized_prompts(cfg, model_path)
-    special = special_tokens(load_tokenizer(model_path), model_path, cfg.rollout)
-    sampler = make_sampler(cfg.curriculum, {s: len(p) for s, p in train_prompts.items()}, cfg.run.seed)
-    init_ray(cfg)
-    workers = Workers(cfg, model_path)
-    try:
-        with StopRequest() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollouts") as background:
-            return _train(cfg, run_dir, workers, sampler, train_prompts, test_prompts, special, stop, background)
-    except RayActorError as err:  # the pools recover rollout and reward workers: an actor error here is the learner's
-        try:
-            where = f"the latest checkpoint is {find_checkpoint(run_dir, 'auto')} (continue with resume=auto)"
-        except CheckpointError:
-            where = "no checkpoint was written yet (set run.checkpoint_every)"
-        raise LearnerDied(f"the learner actor died ({str(err).splitlines()[0]}); {where}") from err
-    finally:
-        workers.shutdown()  # also when the run stops on an error: no actor outlives it
-
-
-def _train(cfg: Config, run_dir: Path, workers: Workers, sampler, train_prompts, test_prompts, special: SpecialTokens,
-           stop: StopRequest, background: ThreadPoolExecutor) -> dict[str, Any]:
-    state = {"step": 0, "reward_curve": [], "before": {}, "wandb_id": None}
+def _restore(cfg: Config, run_dir: Path, actors: ActorGroup, sampler: PromptSampler) -> tuple[DriverState, Path | None]:
+    """The driver state to start from, and the checkpoint it came from (run.resume), with the learner and
+    the sampler restored to it."""
     checkpoint = find_checkpoint(run_dir, cfg.run.resume) if cfg.run.resume else None
-    if checkpoint:
-        state = load_checkpoint(checkpoint, workers.learners, cfg)
-        sampler.load_state_dict(state["sampler"])
-    if cfg.lora.init == "eva":  # the adapter's per-layer shape comes from EVA, or from the checkpoint
-        layout = layout_of(checkpoint / "adapter") if checkpoint else _eva_layout(cfg, workers, train_prompts)
-        workers.reshape_lora(layout)
-        (run_dir / "lora_layout.json").write_text(json.dumps(layout, indent=2))
-    tracker = Tracker(cfg, run_dir, resume_step=state["step"] if cfg.run.resume else None, wandb_id=state["wandb_id"])
-    (run_dir / "placement.json").write_text(json.dumps(workers.where(), indent=2))
-    probe = _probe(train_prompts)
-    workers.sync_weights(state["step"], probe)
-    if cfg.eval.before and not cfg.run.resume:
-        state["before"] = _evaluate(workers, test_prompts, cfg, sampler, tracker, step=0)
-
-    def sample_prompts(n: int) -> list[tuple[str, list[int], dict]]:
-        return [(s, *train_prompts[s][i]) for s, i in sampler.sample(n)]
-
-    def collect_step(step: int) -> StepBatch:
-        return collect(cfg, sample_prompts, workers, _sampling(cfg, seed=cfg.run.seed * 100_003 + step))
-
-    timer, reward_curve, consecutive_skips = PhaseTimer(), state["reward_curve"], 0
-    ahead = _finished(state["prefetched"]) if state.get("prefetched") else None  # an async run resumes on its own batch
-    for step in range(state["step"] + 1, cfg.trainer.steps + 1):
-        step_start = time.perf_counter()
-        batch = ahead.result() if ahead else collect_step(step)
-        check_completions(batch.completions, cfg.rollout, special)
-        learnable = learnable_indices(batch)
-        kl = (workers.reference_kl([batch.completions[i] for i in learnable])
-              if cfg.algorithm.kl_in == "reward" and cfg.algorithm.kl_coef > 0 else None)
-        advantages, shaping = compute_advantages(cfg, batch, learnable, kl)
-        per_sample = dict(zip(learnable, advantages))
-        sampler.update(*_curriculum_feed(batch, per_sample))
-        trained = [(batch.completions[i], per_sample[i]) for i in trained_indices(batch)]
-        # rollout.async: the next batch is generated (by the policy before this update) while the learner trains
-        ahead = background.submit(collect_step, step + 1) if cfg.rollout.async_ and step < cfg.trainer.steps else None
-        with timer("train"):
-            train_metrics = workers.update(_train_batch(cfg, trained)) if trained else {"skipped": 1.0}
-        with timer("wait_for_rollouts"):
-            if ahead:
-                ahead.result()  # a weight sync must not land between the chunks of a generation
-        consecutive_skips = consecutive_skips + 1 if train_metrics.get("all_skipped") else 0
-        if consecutive_skips >= cfg.trainer.max_consecutive_skips:
-            raise TrainingDiverged(f"{consecutive_skips} updates in a row were skipped (non-finite loss or gradient norm, or "
-                                   f"norm >= trainer.grad_skip_thresh); stopping instead of training on garbage")
-        with timer("sync"):
-            sync_bytes = workers.sync_weights(step, probe)
-        metrics = {**_step_metrics(cfg, step, batch, train_metrics, sampler, {**batch.times, **timer.pop()}), **shaping,
-                   "time/step": time.perf_counter() - step_start, "sync/bytes": sync_bytes,
-                   **workers.fault_counters()}
-        tracker.log(step, metrics)
-        if cfg.tracking.samples_every and step % cfg.tracking.samples_every == 0:
-            tracker.log_samples(step, _sample_rows(batch, per_sample, cfg.tracking.samples_per_table))
-        reward_curve.append(metrics["reward/mean"])
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.trainer.steps:
-            _evaluate(workers, test_prompts, cfg, sampler, tracker, step)
-        if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or stop.signal:
-            driver_state = {"step": step, "sampler": sampler.state_dict(), "reward_curve": reward_curve,
-                            "before": state["before"], "wandb_id": tracker.wandb_id,
-                            "prefetched": ahead.result() if ahead else None}  # drew its prompts after this step's update
-            path = save_checkpoint(run_dir, step, workers.state_ranks, driver_state, cfg, cfg.run.keep_last)
-        if stop.signal:
-            tracker.close()
-            raise RunInterrupted(f"stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint {path} "
-                                 "(continue with resume=auto)")
-
-    after = _evaluate(workers, test_prompts, cfg, sampler, tracker, cfg.trainer.steps) if cfg.eval.after else {}
-    ray.get(workers.on_rank0("save_adapter", str(run_dir / "final_adapter")))
-    return _finish(tracker, run_dir, state["before"], after, reward_curve)
+    if checkpoint is None:
+        return DriverState(), None
+    state = load_checkpoint(checkpoint, actors, cfg)
+    sampler.load_state_dict(state.sampler)
+    return state, checkpoint
 
 
-# --- the helpers the loop calls, in the order it calls them ------------------------------------
-
-
-def _prepare_run_dir(cfg: Config) -> Path:
-    run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    return run_dir
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def tokenized_prompts(cfg: Config, model_path: str) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
-    tokenizer = load_tokenizer(model_path)
-    train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
-    if not train_rows:
-        raise DataError("no training rows: give data.sources or data.files")
-
-    def encode(rows: list[Row]) -> list[Prompt]:
-        out = []
-        for row in rows:
-            text, templated = prompt_text(row, tokenizer, cfg.data.chat_template)
-            question = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
-            out.append((encode_prompt(tokenizer, text, templated), {"answer": row.answer, "source": row.source, "prompt": text,
-                                                                     "prompts": row.prompt, "question": question, **row.fields}))
-        return out
-
-    return ({s: encode(r) for s, r in train_rows.items()}, {s: encode(r) for s, r in test_rows.items() if r})
-
-
-def _eva_layout(cfg: Config, workers: Workers, train_prompts: dict[str, list[Prompt]]) -> dict[str, Any]:
+def _eva_layout(cfg: Config, actors: ActorGroup, train_prompts: Prompts) -> dict[str, Any]:
     """EVA on the activations of training prompts plus their initial rollouts (spec §5.4)."""
+    from pipeline.records import PromptSpec
+
     sources = list(train_prompts)
-    ids = [train_prompts[sources[i % len(sources)]][i // len(sources)][0] for i in range(cfg.lora.eva_prompts)
+    ids = [train_prompts[sources[i % len(sources)]][i // len(sources)].ids for i in range(cfg.lora.eva_prompts)
            if i // len(sources) < len(train_prompts[sources[i % len(sources)]])]
-    completions = workers.generate([PromptSpec(g, p) for g, p in enumerate(ids)], _sampling(cfg, seed=cfg.run.seed))
-    layout = ray.get(workers.learner.init_eva.remote([c.prompt_ids + c.token_ids for c in completions]))
+    completions = actors.generate([PromptSpec(g, p) for g, p in enumerate(ids)], _sampling(cfg, seed=cfg.run.seed))
+    layout = actors.init_eva([c.prompt_ids + c.token_ids for c in completions])
     print(f"EVA rank pattern ({len(layout['target_modules'])} modules kept): {layout['rank_pattern']}")
     return layout
 
 
-def _probe(train_prompts: dict[str, list[Prompt]]) -> tuple[list[int], list[int]]:
+def _probe(train_prompts: Prompts) -> tuple[list[int], list[int]]:
     """A fixed prompt and completion whose log-probs prove each weight sync took effect."""
-    ids = next(iter(train_prompts.values()))[0][0]
+    ids = next(iter(train_prompts.values()))[0].ids
     return ids, ids[: max(1, min(len(ids), 6))]
 
 
-def _evaluate(workers, test_prompts, cfg: Config, sampler, tracker: Tracker, step: int) -> dict[str, dict[str, float]]:
-    results = evaluate(workers, test_prompts, cfg, seed=cfg.run.seed)
+def _evaluate(actors: ActorGroup, test_prompts: Prompts, cfg: Config, sampler: PromptSampler, tracker: Tracker,
+              step: int) -> dict[str, dict[str, float]]:
+    results = evaluate(actors, test_prompts, cfg, seed=cfg.run.seed)
     tracker.log_eval(step, results)
     sampler.observe_validation({s: r["reward"] for s, r in results.items()})
     return results
@@ -235,109 +229,16 @@ def _sampling(cfg: Config, seed: int) -> SamplingSpec:
                         max_new_tokens=r.max_new_tokens, stop=tuple(r.stop), seed=seed)
 
 
-def _curriculum_feed(batch: StepBatch, advantages: dict[int, float]) -> tuple[list[str], list[float]]:
-    """The sampler learns from every scored sample's true advantage: what was trained on, mixed groups
-    cut by dynamic sampling, and 0 for groups without a signal; unscored groups teach it nothing."""
-    unscored = {c.group_id for c, total in zip(batch.completions, batch.scores.total) if not math.isfinite(total)}
-    kept = [i for i, c in enumerate(batch.completions) if c.group_id not in unscored]
-    return [batch.sources[i] for i in kept], [advantages.get(i, 0.0) for i in kept]
-
-
 def _finished(result: Any) -> Future:
     future: Future = Future()
     future.set_result(result)
     return future
 
 
-def _sample_rows(batch: StepBatch, advantages: dict[int, float], n: int) -> list[dict[str, Any]]:
-    """The first sample of the first n groups: prompt, completion, reward and its components."""
-    firsts = [i for i, c in enumerate(batch.completions) if i == 0 or batch.completions[i - 1].group_id != c.group_id][:n]
-    return [{"source": batch.sources[i], "prompt": batch.columns[i].get("prompt", ""), "completion": batch.completions[i].text,
-             "answer": str(batch.columns[i].get("answer", "")), "reward": batch.scores.total[i], "advantage": advantages.get(i, 0.0),
-             "trained": batch.trained[i], **{f"reward/{k}": v[i] for k, v in batch.scores.components.items()}} for i in firsts]
-
-
-def _train_batch(cfg: Config, trained: list[tuple[Completion, float]]) -> TrainBatch:
-    """The learner's view of the trained samples and their advantages. Off-policy (rollout.async) samples
-    are clipped against the policy that generated them, unless truncated IS (algorithm.tis_cap) corrects
-    them instead. A sample cut by the token or context limit (finish reason "length") is truncated."""
-    completions = [c for c, _ in trained]
-    return TrainBatch(
-        prompt_ids=[c.prompt_ids for c in completions], completion_ids=[c.token_ids for c in completions],
-        advantages=[a for _, a in trained], group_ids=[c.group_id for c in completions],
-        behaviour_logprobs=[c.logprobs for c in completions],
-        loss_mask=[c.finish_reason != "length" for c in completions] if cfg.algorithm.overlong_filtering else [],
-        old_from_behaviour=cfg.rollout.async_ and not cfg.algorithm.tis_cap,
-    )
-
-
-def _step_metrics(cfg: Config, step: int, batch: StepBatch, train_metrics: dict[str, float], sampler,
-                  times: dict[str, float]) -> dict[str, float]:
-    scores, completions = batch.scores, batch.completions
-    correct = [float(ok) for ok in batch.correct]
-    metrics: dict[str, Any] = {"reward/mean": _mean_scored(scores.total), "accuracy/mean": float(np.mean(correct))}
-    by_source: dict[str, list[int]] = defaultdict(list)
-    for i, source in enumerate(batch.sources):
-        by_source[source].append(i)
-    for source, idx in sorted(by_source.items()):
-        metrics[f"reward/{source}"] = _mean_scored([scores.total[i] for i in idx])
-        metrics[f"accuracy/{source}"] = float(np.mean([correct[i] for i in idx]))
-    for name, values in scores.components.items():  # None where a component does not apply
-        applied = [i for i, v in enumerate(values) if v is not None]
-        metrics[f"reward_component/{name}"] = float(np.mean([values[i] for i in applied]))
-        for source, idx in sorted(by_source.items()):
-            mine = [values[i] for i in idx if values[i] is not None]
-            if mine:
-                metrics[f"reward_component/{name}/{source}"] = float(np.mean(mine))
-    metrics["scoring/errors"] = float(scores.errors)
-    metrics["scoring/timeouts"] = float(scores.timeouts)
-    metrics["scoring/unscored_groups"] = float(batch.unscored_groups)
-    metrics.update({f"scoring/first_error/{name}": message for name, message in scores.first_errors.items()})
-    for key in dict.fromkeys(k for m in batch.consensus_metrics for k in m):
-        metrics[key] = float(np.mean([m[key] for m in batch.consensus_metrics if key in m]))
-    metrics["batch/gen_rounds"] = float(batch.gen_rounds)
-    metrics["batch/trained_groups"] = float(len(batch.kept_groups()))
-    metrics["batch/trained_samples"] = float(sum(batch.trained))
-    metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
-    metrics.update({f"curriculum/p/{s}": p for s, p in sampler.probabilities().items()})
-    metrics.update({f"curriculum/{k}": v for k, v in sampler.stats().items()})
-    lengths = [len(c.token_ids) for c in completions]
-    metrics["response/length_mean"] = float(np.mean(lengths))
-    metrics["response/truncated_frac"] = float(np.mean([c.finish_reason == "length" for c in completions]))
-    metrics["rollout/staleness"] = float(np.mean([step - 1 - c.policy_version for c in completions]))  # updates behind the learner
-    metrics.update(times)
-    metrics["throughput/gen_tokens_per_s"] = sum(lengths) / max(times.get("time/generate", 0.0), 1e-9)
-    return metrics
-
-
-def _mean_scored(totals: list[float]) -> float:
-    """Mean over the samples that were scored (a hung reward worker leaves NaN)."""
-    scored = [t for t in totals if math.isfinite(t)]
-    return float(np.mean(scored)) if scored else float("nan")
-
-
-def _finish(tracker: Tracker, run_dir: Path, before: dict, after: dict, reward_curve: list[float]) -> dict[str, Any]:
-    from rich.table import Table
-
-    window = max(1, min(10, len(reward_curve) // 2))
-    results: dict[str, Any] = {"before": before, "after": after}
-    if reward_curve:
-        results["train_reward_first"] = float(np.mean(reward_curve[:window]))
-        results["train_reward_last"] = float(np.mean(reward_curve[-window:]))
-        tracker.print(f"mean training reward: first {window} steps {results['train_reward_first']:.3f} "
-                      f"-> last {window} steps {results['train_reward_last']:.3f}")
-    (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    if before or after:
-        table = Table(title="held-out evaluation (before -> after training)")
-        table.add_column("source")
-        metric_names = list(next(iter((after or before).values())))
-        for name in metric_names:
-            table.add_column(name, justify="right")
-        for source in (after or before):
-            cells = [f"{before.get(source, {}).get(m, float('nan')):.2f}→{after.get(source, {}).get(m, float('nan')):.2f}"
-                     for m in metric_names]
-            table.add_row(source, *cells)
-        tracker.print(table)
-        tracker.log_final_eval(before, after)
-    tracker.close()
-    return results
+def _check_skips(cfg: Config, train_metrics: dict[str, float], skipped_in_a_row: int) -> int:
+    """Count skipped updates in a row; too many stop the run instead of training on garbage."""
+    skipped_in_a_row = skipped_in_a_row + 1 if train_metrics.get("all_skipped") else 0
+    if skipped_in_a_row >= cfg.trainer.max_consecutive_skips:
+        raise TrainingDiverged(f"{skipped_in_a_row} updates in a row were skipped (non-finite loss or gradient norm, or "
+                               f"norm >= trainer.grad_skip_thresh); stopping instead of training on garbage")
+    return skipped_in_a_row

@@ -44,7 +44,7 @@ def run_tests(code: str, tests: Any, limits: Limits = Limits(), sandbox: Sandbox
         if time.monotonic() >= deadline:
             status = "timeout" if status == "ok" else status
             continue
-        outcome = execute({**run.job, "code": code}, run.stdin, limits, deadline, bwrap)
+        outcome = execute({**run.job, "code": code}, run.stdin, limits, deadline, bwrap, run.respond)
         passed += run.judge(outcome)
         status = outcome.status if status == "ok" else status
     return RunResult(passed, total, status)

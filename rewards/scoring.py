@@ -1,6 +1,7 @@
 """Score completions with a weighted sum of named reward components; failures are scored, not raised."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,8 @@ class Scorer:
                  n: int) -> list[float]:
         values = call_with_timeout(fn, self.timeout_s * n, completions=completions, **columns, **options)  # by keyword, as TRL calls
         values = [float(v) for v in values]
+        if not all(math.isfinite(v) for v in values):  # NaN would read as "unscored" downstream and hide the bug
+            raise ValueError(f"returned a non-finite score: {values}")
         if len(values) != n:
             raise ValueError(f"returned {len(values)} scores for {n} completions")
         return values

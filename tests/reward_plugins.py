@@ -32,3 +32,7 @@ def trl_style(prompts, completions, completion_ids, answer, **kwargs):
     """Written to TRL's documented signature: reads prompts and completion_ids."""
     return [float(len(ids) == len(text) + 1 and isinstance(p, (str, list)) and text == a)
             for p, text, ids, a in zip(prompts, completions, completion_ids, answer)]
+
+
+def nan_on_empty(completions, **_):
+    return [float("nan") if not c else 1.0 for c in completions]

@@ -71,21 +71,21 @@ def test_same_seed_gives_the_same_metrics(ray_session, tiny_model_path, tmp_path
 def test_every_rollout_worker_receives_each_adapter_version(ray_session, tiny_model_path):
     import ray
 
-    from pipeline.workers import Workers
+    from actors.group import ActorGroup
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, f"model.path={tiny_model_path}", "trainer.lr=0.05"])
-    workers = Workers(cfg, tiny_model_path)
+    workers = ActorGroup(cfg, tiny_model_path)
     try:
         probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
-        workers.sync_weights(0, probe)
+        workers.sync(0, probe)
         before = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout.actors])
         completions = workers.generate([PromptSpec(g, probe[0]) for g in range(2)], SamplingSpec(n=4, temperature=1.0, max_new_tokens=4, seed=1))
         advantages = [1.0 if i % 2 else -1.0 for i in range(len(completions))]
         workers.update(TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
                                   [c.group_id for c in completions]))
-        workers.sync_weights(1, probe)
+        workers.sync(1, probe)
         after = ray.get([w.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0) for w in workers.rollout.actors])
-        learner = ray.get(workers.learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))
+        learner = ray.get(workers._learners[0].sequence_logprobs.remote([probe[0]], [probe[1]], 1.0))
         for b, a in zip(before, after):
             assert not np.allclose(b, a, atol=1e-5)  # the policy moved on every worker ...
             assert np.allclose(a, learner, atol=1e-5)  # ... to exactly the learner's
@@ -131,17 +131,17 @@ class _LearnerSendingWrongWeights:
 
 
 def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_session, tiny_model_path):
-    from pipeline.workers import SyncError, Workers
+    from actors.group import SyncError, ActorGroup
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "rollout.num_workers=1"])
-    workers = Workers(cfg, tiny_model_path)
-    real_ranks = workers.state_ranks
+    workers = ActorGroup(cfg, tiny_model_path)
+    real_ranks = workers._state_ranks
     try:
-        workers.state_ranks = [_LearnerSendingWrongWeights(workers.learner)]  # rank 0, as the sync reaches it
+        workers._state_ranks = [_LearnerSendingWrongWeights(workers._learners[0])]  # rank 0, as the sync reaches it
         with pytest.raises(SyncError, match="rollout worker 0 disagrees with the learner after sync v0"):
-            workers.sync_weights(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
+            workers.sync(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
     finally:
-        workers.state_ranks = real_ranks
+        workers._state_ranks = real_ranks
         workers.shutdown()
 
 
@@ -162,11 +162,11 @@ def test_dapo_with_ucb_curriculum_unlikeliness_and_periodic_eval(ray_session, ti
 
 
 def test_a_hung_reward_worker_is_killed_restarted_and_its_samples_left_unscored(ray_session, tiny_model_path):
-    from pipeline.workers import Workers
+    from actors.group import ActorGroup
 
     cfg = load_config("configs/debug_cpu.yaml", [*SMALL, "reward.timeout_s=0.5", "reward.worker_deadline_s=4",
                                                  "reward.components=[{name: 'tests.reward_plugins:hangs_uninterruptibly_on_x'}]"])
-    workers = Workers(cfg, tiny_model_path)
+    workers = ActorGroup(cfg, tiny_model_path)
     try:
         hung = workers.score(["xx", "ab"], {"answer": ["1", "2"]})
         assert all(math.isnan(t) for t in hung.total) and "deadline" in hung.first_errors["reward_worker"]

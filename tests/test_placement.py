@@ -22,10 +22,10 @@ def _where(actor) -> dict:
 
 
 def _workers(cfg, model_path):
-    from pipeline.workers import Workers
+    from actors.group import ActorGroup
 
-    workers = Workers(cfg, model_path)
-    learner, rollout = _where(workers.learner), [_where(a) for a in workers.rollout.actors]
+    workers = ActorGroup(cfg, model_path)
+    learner, rollout = _where(workers._learners[0]), [_where(a) for a in workers.rollout.actors]
     groups = [g.id.hex() for g in workers.placement.groups]
     workers.shutdown()
     return learner, rollout, groups
@@ -51,13 +51,13 @@ def test_split_gives_rollout_and_learner_their_own_groups_and_gpus(ray_session, 
 def test_a_placement_the_cluster_cannot_grant_fails_fast_and_names_the_resources(ray_session, tiny_model_path):
     import ray
 
-    from pipeline.placement import PlacementError
-    from pipeline.workers import Workers
+    from actors.placement import PlacementError
+    from actors.group import ActorGroup
 
     cfg = load_config("configs/debug_cpu.yaml", [*TINY, "placement.mode=split", "trainer.gpus_per_learner=1",
                                                  "rollout.gpus_per_worker=1", "rollout.num_workers=2", "placement.timeout_s=2"])
     with pytest.raises(PlacementError, match=r"rollout placement group .*'GPU': 1.0.* within 2s"):
-        Workers(cfg, tiny_model_path)
+        ActorGroup(cfg, tiny_model_path)
     deadline = time.time() + 30  # the learner group it had reserved is given back (removal is asynchronous)
     while ray.available_resources().get("GPU") != 2 and time.time() < deadline:
         time.sleep(0.1)

@@ -59,6 +59,30 @@ def test_one_time_budget_bounds_a_sample_with_many_slow_cases():
     assert result.status == "timeout" and result.passed == 2 and result.total == 10
 
 
+@needs_bwrap
+def test_multi_line_asserts_count_one_each_and_humaneval_checks_are_called():
+    result = run_tests(WRONG_ADD, ["assert add(1, 2) == 3\nassert add(0, 0) == 0\nassert add(2, 0) > 1"], LIMITS)
+    assert (result.passed, result.total) == (2, 3)
+    check = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
+    tests = {"check": check, "entry_point": "add"}
+    assert code_tests([ADD, WRONG_ADD, "def add(a, b):\n    pass"], [tests, json.dumps(tests), tests]) == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="never calls it"):
+        run_tests(ADD, [check], LIMITS)
+
+
+def test_results_parse_as_json_data_only_and_compare_type_strictly():
+    from rewards.sandbox_formats import _MISSING, LINE_CAP, _same_json, _same_value, parse_line
+
+    assert parse_line(b'{"tuple": [1, 2.5, "x"]}') == {"tuple": [1, 2.5, "x"]}
+    for line in (b"{1, 2}", b"(1, 2)", b"True", b"x" * 10, b"[" + b"0," * LINE_CAP + b"0]", b""):
+        assert parse_line(line) is _MISSING
+    assert _same_value({"tuple": [1, 2]}, (1, 2)) and not _same_value([1, 2], (1, 2))
+    assert _same_value([1, 2.0], [1, 2]) and not _same_value([1, True], [1, 1]) and not _same_value(1, True)
+    assert _same_value({"set": [1, 2]}, {2, 1}) and _same_value({"dict": [["a", {"tuple": []}]]}, {"a": ()})
+    assert _same_json({"tuple": [1, [2]]}, [1, [2]]) and _same_json({"dict": [[1, "x"]]}, {"1": "x"})
+    assert not _same_json(True, 1) and not _same_json({"set": [1]}, [1]) and not _same_json({"evil": 1}, 1)
+
+
 def test_extract_code():
     assert extract_code("text\n```python\nx = 1\n```\nmore") == "x = 1\n"
     assert extract_code("x = 2") == "x = 2"

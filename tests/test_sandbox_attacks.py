@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rewards.sandbox_isolation import SANDBOX_UID, probe
+from rewards import sandbox_isolation
+from rewards.sandbox_isolation import SANDBOX_UID, UID_POOL, probe
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 2.0
@@ -24,6 +25,7 @@ FORGE = {
     "assert": [f"assert answer() == {ANSWER!r}"],
     "call": {"fn_name": "answer", "inputs": [[]], "outputs": [ANSWER]},
     "stdio": {"inputs": [""], "outputs": [ANSWER]},
+    "statement": [f"assert answer().startswith('zq-') and answer()[3:] == {ANSWER[3:]!r}"],  # not `E == literal`
 }
 HONEST = f"def answer():\n    return {ANSWER!r}\nprint(answer())"
 LEAK = "@LEAK@"  # stdio tests whose expected output is the scorer's secret: leaking it is scoring
@@ -216,25 +218,60 @@ os.mkfifo(".stdout") if not os.path.exists(".stdout") else None
     "signal parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", FORGE["assert"]),
     "ctypes": ("import ctypes\nctypes.CDLL(None).system(b'touch /tmp/rlpost-escape-ctypes')", FORGE["assert"]),
     "forged result line": ("print('0' * 32 + ' 99')\nimport sys\nsys.stdout.flush()", FORGE["assert"]),
+    # the result channel of statement asserts, the weaker format: the one-liner that forged it
+    "statement assert: write True on the result fd and exit 0": ("""
+import os
+for fd in range(3, 10):
+    try:
+        os.write(fd, b"True\\n")
+    except OSError:
+        pass
+os._exit(0)
+""", FORGE["statement"]),
+    # the scorer's parser: a literal of ints that all hash alike (minutes of literal_eval holding the GIL)
+    "result line of colliding hashes": ("""
+import os
+line = ("{" + ",".join(str(k * (2**61 - 1)) for k in range(1, 35000)) + "}\\n").encode()
+for fd in range(3, 10):
+    try:
+        os.write(fd, line)
+    except OSError:
+        pass
+os._exit(0)
+""", FORGE["assert"]),
+    # namespaces inside the sandbox: a user namespace mounts a tmpfs outside RLIMIT_AS and the disk cap
+    "unshare -Urm and mount a tmpfs": (SPAWN + """
+spawn("/bin/sh", "-c", "unshare -Urm /bin/sh -c 'mount -t tmpfs none /work && echo @ANSWER@'", setsid=False)
+import time; time.sleep(1)
+""", FORGE["stdio"]),
+    "kernel keyring: add_key outlives the execution": (SPAWN + """
+spawn(sys.executable, "-c", "import ctypes, platform; nr = {'x86_64': 248, 'aarch64': 217}[platform.machine()]; "
+      "ok = ctypes.CDLL(None).syscall(nr, b'user', b'rlpost', b'x', 1, -4) >= 0; print('@ANSWER@' if ok else '')",
+      setsid=False)
+import time; time.sleep(1)
+""", FORGE["stdio"]),
 }
 
 
-def serve() -> None:
-    """The scorer under attack: one JSON request per line in, one score per line out."""
+def serve(sandbox: str = "strict") -> None:
+    """The scorer under attack: one JSON request per line in, one score per line out (best_effort: without bwrap)."""
     from rewards.sandbox import code_tests
 
+    if sandbox == "best_effort":
+        sandbox_isolation.probe = lambda: (None, "the test turned bwrap off")
     for line in sys.stdin:
         request = json.loads(line)
-        print(json.dumps(code_tests([request["completion"]], [request["tests"]], timeout_s=TIMEOUT_S)[0]), flush=True)
+        print(json.dumps(code_tests([request["completion"]], [request["tests"]], timeout_s=TIMEOUT_S, sandbox=sandbox)[0]),
+              flush=True)
 
 
 class ScorerProcess:
-    def __init__(self, home: Path, env: dict[str, str]):
-        self.home, self.env = home, env
+    def __init__(self, home: Path, env: dict[str, str], sandbox: str = "strict"):
+        self.home, self.env, self.sandbox = home, env, sandbox
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", "from tests.test_sandbox_attacks import serve; serve()"],
+        return subprocess.Popen([sys.executable, "-c", f"from tests.test_sandbox_attacks import serve; serve({self.sandbox!r})"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.home, env=self.env)
 
     def ask(self, completion: str, tests: object, wait: float = TIMEOUT_S + 5) -> float | None:
@@ -284,7 +321,7 @@ def _outside(world) -> dict[str, tuple[int, int]]:
 
 
 def _leftovers() -> list[str]:
-    """Processes of the sandbox user, or marked by an attack."""
+    """Processes of a sandbox user, or marked by an attack (zombies excepted: dead, awaiting their reaper)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
@@ -293,7 +330,9 @@ def _leftovers() -> list[str]:
         except (OSError, ValueError):
             continue
         uid = next((line.split()[1] for line in status.splitlines() if line.startswith("Uid:")), "")
-        if uid == str(SANDBOX_UID) or LEFT_BEHIND in cmdline:
+        if "\nState:\tZ" in status:
+            continue
+        if uid.isdigit() and (int(uid) == SANDBOX_UID or int(uid) in UID_POOL) or LEFT_BEHIND in cmdline:
             found.append(f"{entry.name}: {cmdline[:80]}")
     return found
 
@@ -302,7 +341,7 @@ def _leftovers() -> list[str]:
 def test_attack_scores_zero_and_leaves_no_trace(name, world):
     code, tests = ATTACKS[name]
     for token, value in (("@HOME@", world["home"]), ("@VICTIM@", world["victim"]),
-                         ("@PORT@", world["listener"].getsockname()[1])):
+                         ("@PORT@", world["listener"].getsockname()[1]), ("@ANSWER@", ANSWER)):
         code = code.replace(token, str(value))
     tests = {"inputs": [""], "outputs": [world["secret"]]} if tests == LEAK else tests
     before = _outside(world)
@@ -312,3 +351,65 @@ def test_attack_scores_zero_and_leaves_no_trace(name, world):
     assert _outside(world) == before
     with pytest.raises(BlockingIOError):
         world["listener"].accept()
+
+
+def test_concurrent_executions_do_not_share_a_process_limit(world):
+    """RLIMIT_NPROC counts per uid: a completion holding all its processes must not starve another's threads."""
+    hog = SPAWN + """
+import time
+for _ in range(64):
+    try:
+        spawn("/bin/sleep", "30", setsid=False)
+    except OSError:
+        break
+time.sleep(30)
+"""
+    threads = f"""
+import threading, time
+time.sleep(0.5)
+parts = []
+workers = [threading.Thread(target=parts.append, args=(c,)) for c in {ANSWER!r}]
+for w in workers:
+    w.start()
+    w.join()
+def answer():
+    return "".join(parts)
+"""
+    from rewards.sandbox import code_tests
+
+    assert code_tests([hog, threads], [FORGE["assert"]] * 2, timeout_s=TIMEOUT_S) == [0.0, 1.0]
+    assert _leftovers() == []
+
+
+def test_probe_refuses_a_bwrap_that_does_not_isolate(tmp_path, monkeypatch):
+    """A `bwrap` that only runs the command (prints the probe's 'ok' too) is not the OS layer."""
+    fake = tmp_path / "bwrap"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys\nargs = sys.argv[1:]\n"
+                    f"i = next(i for i, a in enumerate(args) if a == {sandbox_isolation.interpreter()!r} and args[i + 1] == '-I')\n"
+                    "os.execv(args[i], args[i:])\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox_isolation, "_find_bwrap", lambda: str(fake))
+    sandbox_isolation.probe.cache_clear()
+    try:
+        binary, reason = sandbox_isolation.probe()
+    finally:
+        sandbox_isolation.probe.cache_clear()
+    assert binary is None and "pid namespace" in reason and "network namespace" in reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid switch without bwrap needs root")
+def test_best_effort_without_bwrap_runs_code_as_a_sandbox_uid(world):
+    """Without bwrap the code must not run as root: no reading the scorer's private files, nothing left running."""
+    scorer = ScorerProcess(world["home"], world["scorer"].env, sandbox="best_effort")
+    try:
+        leak = SPAWN + f"""
+spawn("/bin/cat", "{world['home']}/secret.txt", setsid=False)
+spawn("/bin/sh", "-c", "sleep 30  # {LEFT_BEHIND}")
+import time; time.sleep(0.5)
+"""
+        assert scorer.ask(leak, {"inputs": [""], "outputs": [world["secret"]]}) == 0.0
+        assert scorer.ask(HONEST + "\nimport math, collections.abc", FORGE["assert"]) == 1.0
+        assert scorer.ask(HONEST, FORGE["statement"]) == 1.0
+    finally:
+        scorer.close()
+    assert _leftovers() == []

@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.advantages import compute_advantages, learnable_indices
 from pipeline.config import load_config
-from pipeline.records import Completion, SamplingSpec
+from pipeline.records import Completion, Prompt, SamplingSpec
 from pipeline.step_batch import DynamicSamplingError, StepBatch, collect, mixed_groups
 from rewards.overlong import soft_overlong_penalty
 from rewards.scoring import Scorer
@@ -35,7 +35,7 @@ class ScriptedWorkers:
 
 
 def _prompts(n):
-    return [("src", [7, 8], {"answer": "ok"}) for _ in range(n)]
+    return [Prompt("src", [7, 8], {"answer": "ok"}) for _ in range(n)]
 
 
 def test_dynamic_sampling_fills_the_batch_with_mixed_groups():

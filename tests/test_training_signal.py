@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from pipeline.advantages import compute_advantages, learnable_indices
+from pipeline.advantages import compute_advantages, curriculum_feed, learnable_indices
 from pipeline.batch_checks import BatchInvariantError, SpecialTokens, check_completions
 from pipeline.config import ConfigError, load_config
-from pipeline.records import Completion, SamplingSpec, TrainBatch
-from pipeline.step_batch import StepBatch, collect
-from pipeline.train import _curriculum_feed, _train_batch
+from pipeline.records import Completion, Prompt, SamplingSpec, TrainBatch
+from pipeline.step_batch import StepBatch, collect, train_batch
+
 from rewards.scoring import Scorer, Scores
 
 
@@ -42,8 +42,8 @@ class ScriptedWorkers:
 
 def _prompts(answer="ok"):
     def sample(n):
-        return [("src" if i % 2 else "other", [7, 8], {"answer": answer, "prompt": "q", "prompts": "q", "question": "q",
-                                                       "group": None}) for i in range(n)]
+        return [Prompt("src" if i % 2 else "other", [7, 8], {"answer": answer, "prompt": "q", "prompts": "q", "question": "q",
+                                                             "group": None}) for i in range(n)]
     return sample
 
 
@@ -52,7 +52,7 @@ def _batch(rewards, correct=None, logprobs=None, group=0):
     n = len(rewards)
     completions = [Completion(group, [1], [2, 1], "x", [lp, lp] if logprobs else [-0.5, -0.5], "stop", 0)
                    for lp in (logprobs or [None] * n)]
-    batch.extend(completions, ["s"] * n, [{}] * n, Scores(total=list(rewards), components={}),
+    batch.extend(completions, ["s"] * n, [{}] * n, Scores(total=list(rewards), components={"exact_match": list(rewards)}),
                  list(correct if correct is not None else [r > 0 for r in rewards]))
     return batch
 
@@ -68,7 +68,7 @@ def test_mixed_groups_cut_by_dynamic_sampling_feed_their_true_advantages_to_the_
     assert batch.kept_groups() == [0, 3, 4, 7]
     learnable = learnable_indices(batch)
     advantages, _ = compute_advantages(cfg, batch, learnable)
-    sources, values = _curriculum_feed(batch, dict(zip(learnable, advantages)))
+    sources, values = curriculum_feed(batch, dict(zip(learnable, advantages)))
     cut = [v for v, c in zip(values, batch.completions) if c.group_id in (8, 11)]
     assert cut == pytest.approx([0.7071063, -0.7071063, -0.7071063, 0.7071063], abs=1e-6)  # was [0, 0, 0, 0]
     uniform = [v for v, c in zip(values, batch.completions) if c.group_id in (1, 2, 5, 6, 9, 10)]
@@ -89,6 +89,15 @@ def test_unlikeliness_leaves_wrong_answers_and_penalties_alone():
     shaped = [0.75 - 1, -1 - 1, -1 - 1, 0.875 - 1]
     mean = sum(shaped) / 4
     assert advantages == pytest.approx([r - mean for r in shaped])  # the wrong answers were -0.625 and -1.0 before
+
+
+def test_unlikeliness_scales_the_verifier_term_not_format_bonuses_or_consensus():
+    cfg = load_config(None, ["reward.unlikeliness.beta_rank=0.5", "algorithm.adv_estimator=dr_grpo",
+                             "reward.components=[{name: exact_match}, {name: tag_format, weight: 0.2}]"])
+    batch = _batch([1.2, 1.0], correct=[True, True], logprobs=[-0.1, -0.5])  # the likely one also has the format bonus
+    batch.scores.components = {"exact_match": [1.0, 1.0], "tag_format": [1.0, 0.0]}
+    advantages, _ = compute_advantages(cfg, batch, learnable_indices(batch))
+    assert advantages == pytest.approx([-0.025, 0.025])  # 1.2 - 0.25 vs 1.0; scaling the whole 1.2 gave -+0.05
 
 
 def test_kl_in_the_reward_is_not_divided_by_the_task_reward_std():
@@ -113,6 +122,17 @@ def test_label_free_training_does_not_depend_on_the_answers(preset):
         advantages, _ = compute_advantages(cfg, batch, learnable_indices(batch))
         runs.append((batch.trained, batch.scores.total, advantages))
     assert runs[0] == runs[1]
+
+
+def test_label_free_with_validation_rewards_in_the_curriculum_is_refused():
+    with pytest.raises(ConfigError, match="update_on_validation"):
+        load_config(None, ["reward.consensus.weight=1", "reward.consensus.use=label_free", "curriculum.name=ucb",
+                           "curriculum.update_on_validation=true"])
+
+
+def test_a_reward_function_returning_nan_is_a_scored_error_not_an_unscored_group():
+    scores = Scorer([("tests.reward_plugins:nan_on_empty", 1.0, {})], 5, 0.0).score(["", "a"], {})
+    assert scores.total == [0.0, 1.0] and scores.errors == 1 and "non-finite" in scores.first_errors["tests.reward_plugins:nan_on_empty"]
 
 
 def test_label_free_with_the_unlikeliness_reward_is_refused():
@@ -144,7 +164,7 @@ def test_a_completion_cut_by_the_context_is_truncated_for_overlong_filtering():
     cfg = load_config(None, ["algorithm.overlong_filtering=true", "rollout.max_new_tokens=8"])
     cut = Completion(0, [1], [5, 5, 5], "abc", [-1.0] * 3, "length", 0)  # the context ended before max_new_tokens
     done = Completion(0, [1], [5, 1], "a", [-1.0] * 2, "stop", 0)
-    assert _train_batch(cfg, [(cut, 1.0), (done, -1.0)]).loss_mask == [False, True]
+    assert train_batch(cfg, [(cut, 1.0), (done, -1.0)]).loss_mask == [False, True]
 
 
 # --- E: a hung reward worker's groups are dropped, never scored with made-up zeros ------------------
@@ -155,13 +175,13 @@ def test_groups_a_reward_worker_could_not_score_are_dropped_and_counted():
     workers = ScriptedWorkers(period=2, unscored_groups={1, 2})
 
     def prompts(n):
-        return [("src", [7, 8], {"answer": "ok", "group": g}) for g in range(n)]
+        return [Prompt("src", [7, 8], {"answer": "ok", "group": g}) for g in range(n)]
 
     batch = collect(cfg, prompts, workers, SamplingSpec(n=2, temperature=1.0))
     assert batch.kept_groups() == [0, 3] and batch.unscored_groups == 2
     learnable = learnable_indices(batch)
     advantages, _ = compute_advantages(cfg, batch, learnable)
-    sources, _ = _curriculum_feed(batch, dict(zip(learnable, advantages)))
+    sources, _ = curriculum_feed(batch, dict(zip(learnable, advantages)))
     assert len(sources) == 4  # the unscored groups teach the curriculum nothing either
 
 
@@ -186,13 +206,13 @@ def test_the_first_error_of_each_failing_component_is_kept():
 
 # --- the per-batch invariant check -------------------------------------------------------------------
 
-SPECIAL = SpecialTokens(pad=0, eos=frozenset({1, 2}), context_len=16)
-ROLLOUT = load_config(None, ["rollout.max_new_tokens=4"]).rollout
+SPECIAL = SpecialTokens(pad=0, eos=frozenset({1, 2}))
+ROLLOUT = load_config(None, ["rollout.max_new_tokens=4", "rollout.max_model_len=16"]).rollout
 
 
 @pytest.mark.parametrize("completion, problem", [
     (Completion(0, [9], [5, 1], "a", [-1.0], "stop", 0), "2 tokens but 1 log-probs"),
-    (Completion(0, [9], [5, 0, 1], "a", [-1.0] * 3, "stop", 0), "pad token"),
+    (Completion(0, [9], [5, 6, 0], "ab", [-1.0] * 3, "stop", 0), "padding"),
     (Completion(0, [9], [5, 2, 1], "a", [-1.0] * 3, "stop", 0), "end-of-sequence token before the last"),
     (Completion(0, [9], [5, 6], "ab", [-1.0] * 2, "length", 0), "finish reason 'length'"),
     (Completion(0, [9], [5, 6], "ab", [-1.0] * 2, "stop", 0), "finish reason 'stop'"),
@@ -216,25 +236,25 @@ from tests.real_models import real_model  # noqa: E402,F401  (the session fixtur
 
 
 def test_prompts_without_a_chat_template_start_with_the_tokenizers_bos(real_model):  # noqa: F811
-    from pipeline.train import tokenized_prompts
+    from pipeline.data import load_prompts
     from transformers import AutoTokenizer
 
     path = real_model("llama")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train, _ = tokenized_prompts(load_config(None, [f"model.path={path}"]), path)
-    ids, columns = train["add_1d"][0]
+    train, _ = load_prompts(load_config(None, [f"model.path={path}"]), tokenizer)
+    ids, columns = train["add_1d"][0].ids, train["add_1d"][0].columns
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1  # BOS was dropped before
     assert ids == tokenizer(columns["prompt"])["input_ids"]
 
 
 def test_a_chat_template_writes_its_own_special_tokens(real_model):  # noqa: F811
-    from pipeline.train import tokenized_prompts
+    from pipeline.data import load_prompts
     from transformers import AutoTokenizer
 
     path = real_model("qwen")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train, _ = tokenized_prompts(load_config(None, [f"model.path={path}"]), path)
-    ids, columns = train["add_1d"][0]
+    train, _ = load_prompts(load_config(None, [f"model.path={path}"]), tokenizer)
+    ids, columns = train["add_1d"][0].ids, train["add_1d"][0].columns
     assert columns["prompt"].startswith("<|im_start|>user\n")
     assert ids == tokenizer.apply_chat_template([{"role": "user", "content": columns["prompts"]}], add_generation_prompt=True,
                                                 return_dict=True)["input_ids"]

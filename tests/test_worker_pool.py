@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pipeline.worker_pool import WorkerLost, WorkerPool
+from actors.worker_pool import WorkerLost, WorkerPool
 
 
 class Echo:

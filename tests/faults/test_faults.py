@@ -121,7 +121,7 @@ def test_a_frozen_rollout_worker_is_treated_as_dead_after_its_deadline(reference
 
 
 def test_a_worker_that_stays_dead_stops_the_run_with_a_clear_message(ray_session, tiny_model_path, tmp_path):
-    from pipeline.worker_pool import WorkerLost
+    from actors.worker_pool import WorkerLost
 
     with Saboteur(tmp_path / "run", "RolloutWorker", seed=5, times=1):
         with pytest.raises(WorkerLost, match="did not come back"):
@@ -129,7 +129,7 @@ def test_a_worker_that_stays_dead_stops_the_run_with_a_clear_message(ray_session
 
 
 def test_a_dead_learner_ends_the_run_cleanly_and_it_resumes_to_the_same_metrics(reference, tmp_path):
-    from pipeline.train import LearnerDied
+    from actors.group import LearnerDied
 
     saboteur = Saboteur(tmp_path / "run", "Learner", seed=6)
     saboteur.after_steps = [3]  # after the step-2 checkpoint

@@ -16,12 +16,14 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
+from pipeline.errors import RlpostError
+
 
 class StaleWorker(RuntimeError):
     """Raised by a worker that lost its state (Ray restarted it): it must be revived before it serves."""
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(RlpostError):
     """A worker did not come back after dying (Ray's max_restarts used up), or failed one chunk too often."""
 
 

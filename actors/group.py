@@ -1,24 +1,34 @@
-"""The driver's handle on the Ray actors: start them, spread work over them, gather by group id."""
+"""The driver's one handle on every Ray actor: it starts and places them, spreads work over them
+(gathered by group id), restarts the ones that die, and offers the loop plain typed methods, so
+nothing outside actors/ imports Ray or makes a remote call."""
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
+from ray.exceptions import RayActorError
 
 from actors.learner import Learner
+from actors.placement import plan
+from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, resolve_backend
+from actors.worker_pool import WorkerPool
 from pipeline.config import Config
-from pipeline.placement import plan
+from pipeline.errors import RlpostError
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
-from pipeline.worker_pool import WorkerPool
-from rewards.scoring import Scorer, Scores
+from rewards.scoring import Scores
 
 
-class SyncError(RuntimeError):
+class SyncError(RlpostError):
     """A rollout worker's policy does not match the learner's after a weight sync."""
+
+
+class LearnerDied(RlpostError):
+    """A learner actor died: the run ends (resumable from its latest checkpoint)."""
 
 
 def init_ray(cfg: Config) -> None:
@@ -50,7 +60,7 @@ def _start_reward_worker(cfg: Config):
     def components(items):
         return [(c.name, c.weight, c.args) for c in items]
 
-    return ray.remote(Scorer).options(num_cpus=cfg.reward.cpus_per_worker, max_restarts=cfg.reward.max_restarts).remote(
+    return ray.remote(RewardWorker).options(num_cpus=cfg.reward.cpus_per_worker, max_restarts=cfg.reward.max_restarts).remote(
         components(cfg.reward.components), cfg.reward.timeout_s, cfg.reward.failure_score,
         {source: components(items) for source, items in cfg.reward.by_source.items()})
 
@@ -66,24 +76,24 @@ class Policy:
     tolerance: float
 
 
-class Workers:
+class ActorGroup:
     """Rollout, reward and learner actors. Rollout and reward work goes through pools that restart
-    dead or hung workers and redo their share; a dead learner ends the run (see train.LearnerDied)."""
+    dead or hung workers and redo their share; a dead learner raises LearnerDied."""
 
     def __init__(self, cfg: Config, model_path: str, with_learner: bool = True):
         self.cfg, self.policy, self.layout = cfg, None, None
         self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
         lora = cfg.lora.model_dump()
-        self.learners = [ray.remote(Learner).options(**options).remote(
+        self._learners = [ray.remote(Learner).options(**options).remote(
             model_path, cfg.model.dtype, lora, cfg.algorithm, cfg.trainer,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]
-        self.learner = self.learners[0] if self.learners else None  # rank 0: sends weights, scores probes, saves
-        # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else rank 0
-        self.state_ranks = self.learners if cfg.trainer.fsdp else self.learners[:1]
-        if len(self.learners) > 1:
-            address = ray.get(self.learner.rendezvous.remote())
-            ray.get([learner.join_group.remote(address, rank, len(self.learners), cfg.trainer.fsdp)
-                     for rank, learner in enumerate(self.learners)])
+        # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else
+        # rank 0, which sends weights, scores probes and writes checkpoints
+        self._state_ranks = self._learners if cfg.trainer.fsdp else self._learners[:1]
+        if len(self._learners) > 1:
+            address = ray.get(self._learners[0].rendezvous.remote())
+            ray.get([learner.join_group.remote(address, rank, len(self._learners), cfg.trainer.fsdp)
+                     for rank, learner in enumerate(self._learners)])
         served = None if cfg.rollout.weight_sync == "merged" else lora  # merged: engines run the bare model, reloaded in place
         self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options) for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
@@ -97,12 +107,11 @@ class Workers:
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         """Prompts spread over the rollout workers by load; results ordered by (group id, sample).
 
-        Each chunk is sampled with its own seed, so results do not depend on which worker ran it
-        (a chunk redone after a worker died gives the same samples)."""
+        The engines derive each group's seed from the step's seed and its group id, so results do not
+        depend on which worker ran a chunk (a chunk redone after a worker died gives the same samples)."""
         version = self.policy.version if self.policy else None
         chunks = _chunks(prompts, len(self.rollout.actors), self.cfg.rollout.chunks_per_worker)
-        parts = self.rollout.map(chunks, lambda w, c, chunk: w.generate.remote(
-            chunk, replace(sampling, seed=sampling.seed * 1000 + c), version))
+        parts = self.rollout.map(chunks, lambda w, c, chunk: w.generate.remote(chunk, sampling, version))
         return sorted((c for part in parts for c in part), key=lambda c: c.group_id)  # stable: keeps sample order
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
@@ -128,40 +137,67 @@ class Workers:
 
     def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) from the consensus scoring model (the policy unless configured)."""
-        pool, version = (self.consensus, None) if self.consensus else (self.rollout, self.policy.version)
+        pool, version = (self.consensus, None) if self.consensus else (self.rollout, self.policy.version if self.policy else None)
         chunks = _chunks(list(range(len(prompts))), len(pool.actors), self.cfg.rollout.chunks_per_worker)
         parts = pool.map(chunks, lambda w, c, idx: w.score_texts.remote(
             [prompts[i] for i in idx], [continuations[i] for i in idx], version))
         return [v for part in parts for v in part]
 
-    def reference_kl(self, completions: list[Completion]) -> list[float]:
-        return ray.get(self.on_rank0("reference_kl", [c.prompt_ids for c in completions], [c.token_ids for c in completions]))
-
-    def on_rank0(self, method: str, *args: Any):
-        """Rank 0's result (an object ref) of a learner call, run on every rank that must take part."""
-        return [getattr(learner, method).remote(*args) for learner in self.state_ranks][0]
+    # --- the learner ---------------------------------------------------------------------------
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        """One learner update; with rollout.sleep_while_training the rollout engines free their GPU memory meanwhile."""
+        """One learner update on every rank; with rollout.sleep_while_training the rollout engines free
+        their GPU memory meanwhile."""
         if not self.cfg.rollout.sleep_while_training:
-            return self.on_learners("update", batch)
+            return self._on_learners("update", batch)
         freed = self.rollout.broadcast(lambda w: w.sleep.remote())
         try:
-            return {**self.on_learners("update", batch), "rollout_sleep_freed_gib": sum(freed)}
+            return {**self._on_learners("update", batch), "rollout_sleep_freed_gib": sum(freed)}
         finally:
             self.rollout.broadcast(lambda w: w.wake_up.remote())
 
-    def on_learners(self, method: str, *args: Any) -> Any:
+    def reference_kl(self, completions: list[Completion]) -> list[float]:
+        return self._on_rank0("reference_kl", [c.prompt_ids for c in completions], [c.token_ids for c in completions])
+
+    def init_eva(self, sequences: list[list[int]]) -> dict[str, Any]:
+        """EVA on the learner (one rank); returns the per-layer LoRA layout."""
+        return self._on_rank0("init_eva", sequences)
+
+    def save(self, directory: str) -> None:
+        """The learner's checkpoint files (adapter, optimizer, RNGs) into `directory` (rank 0 writes)."""
+        self._get([learner.save.remote(directory) for learner in self._state_ranks])
+
+    def load(self, directory: str) -> None:
+        self._get([learner.load.remote(directory) for learner in self._learners])
+
+    def save_adapter(self, directory: str) -> None:
+        """The adapter in peft's format, with the tokenizer: loads with PeftModel.from_pretrained."""
+        self._on_rank0("save_adapter", directory)
+
+    def _on_rank0(self, method: str, *args: Any) -> Any:
+        """Rank 0's result of a learner call, run on every rank that must take part."""
+        return self._get([getattr(learner, method).remote(*args) for learner in self._state_ranks])[0]
+
+    def _on_learners(self, method: str, *args: Any) -> Any:
         """Call `method` on every learner rank (they step together); rank 0's result. The first rank
         to fail raises at once, while the others may still be blocked in a collective."""
-        refs = [getattr(learner, method).remote(*args) for learner in self.learners]
+        refs = [getattr(learner, method).remote(*args) for learner in self._learners]
         pending = refs
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready[0])
-        return ray.get(refs[0])
+            self._get(ready)
+        return self._get(refs)[0]
 
-    def sync_weights(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
+    @staticmethod
+    def _get(refs: list) -> list:
+        try:
+            return ray.get(refs)
+        except RayActorError as err:  # the pools recover rollout and reward workers; a learner is not recovered
+            raise LearnerDied(f"the learner actor died ({str(err).splitlines()[0]})") from err
+
+    # --- weight sync --------------------------------------------------------------------------
+
+    def sync(self, version: int, probe: tuple[list[int], list[int]], tolerance: float = 1e-3) -> int:
         """Send the learner's policy (its LoRA adapter, or merged full weights with rollout.weight_sync=merged)
         to every rollout worker and verify it took effect.
 
@@ -170,12 +206,16 @@ class Workers:
         Returns the bytes each worker received.
         """
         merged = self.cfg.rollout.weight_sync == "merged"
-        weights = self.on_rank0("merged_state" if merged else "adapter_state")
-        expected = ray.get(self.on_rank0("merged_logprobs" if merged else "sequence_logprobs", [probe[0]], [probe[1]], 1.0))[0]
-        return self.load_weights(weights, version, probe, expected, tolerance)
+        ranks = [getattr(learner, "merged_state" if merged else "adapter_state").remote() for learner in self._state_ranks]
+        expected = self._on_rank0("merged_logprobs" if merged else "sequence_logprobs", [probe[0]], [probe[1]], 1.0)[0]
+        return self._install(ranks[0], version, probe, expected, tolerance)
 
-    def load_weights(self, weights, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None = None,
-                     tolerance: float = 1e-3) -> int:
+    def load_weights(self, weights: dict[str, np.ndarray], version: int, probe: tuple[list[int], list[int]]) -> int:
+        """Install given adapter weights (a saved adapter, say) on every rollout worker; they must agree."""
+        return self._install(ray.put(weights), version, probe, None, 1e-3)
+
+    def _install(self, weights, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None,
+                 tolerance: float) -> int:
         """Install policy `version` on every rollout worker; each must reproduce the `expected` probe
         log-probs (default: the first worker's). A worker Ray restarts later gets it again."""
         got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe))
@@ -206,7 +246,7 @@ class Workers:
             return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
                     "gpus": context.get_accelerator_ids().get("GPU", [])}
 
-        roles = [("learner", i, a) for i, a in enumerate(self.learners)] + [("rollout", i, a) for i, a in enumerate(self.rollout.actors)]
+        roles = [("learner", i, a) for i, a in enumerate(self._learners)] + [("rollout", i, a) for i, a in enumerate(self.rollout.actors)]
         found = ray.get([actor.__ray_call__.remote(locate) for _, _, actor in roles])
         return [{"role": role, "index": i, **place} for (role, i, _), place in zip(roles, found)]
 
@@ -217,7 +257,7 @@ class Workers:
 
     def shutdown(self) -> None:
         pools = [self.rollout, self.reward, self.consensus]
-        for actor in [*self.learners, *(a for pool in pools if pool for a in pool.actors)]:
+        for actor in [*self._learners, *(a for pool in pools if pool for a in pool.actors)]:
             ray.kill(actor)
         self.placement.release()
 

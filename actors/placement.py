@@ -18,9 +18,10 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pipeline.config import Config
+from pipeline.errors import RlpostError
 
 
-class PlacementError(RuntimeError):
+class PlacementError(RlpostError):
     """The cluster cannot grant the resources the placement asks for."""
 
 
