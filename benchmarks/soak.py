@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import NO_EVAL, machine, parser, print_table, read_jsonl, train_run, write_result  # noqa: E402
 
-VICTIMS = ("ray::RolloutWorker", "ray::Scorer")
+VICTIMS = ("ray::RolloutWorker", "ray::RewardWorker")
 
 
 def ray_processes() -> list[psutil.Process]:

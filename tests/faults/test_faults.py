@@ -105,7 +105,7 @@ def test_killed_rollout_workers_are_restarted_and_the_run_is_unchanged(reference
 
 
 def test_a_killed_reward_worker_is_restarted_and_its_samples_rescored(reference, tmp_path):
-    with Saboteur(tmp_path / "run", "Scorer", seed=3, times=2) as saboteur:
+    with Saboteur(tmp_path / "run", "RewardWorker", seed=3, times=2) as saboteur:
         _train(tmp_path / "run")
     rows = _metrics(tmp_path / "run")
     assert saboteur.hits and rows[-1]["faults/reward_restarts"] >= 1
