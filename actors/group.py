@@ -17,7 +17,7 @@ from actors.placement import plan
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, resolve_backend
 from actors.worker_pool import WorkerPool
-from pipeline.config import Config
+from pipeline.config import Config, LoraSection
 from pipeline.errors import RlpostError
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
 from rewards.scoring import Scores
@@ -48,7 +48,7 @@ def init_ray(cfg: Config) -> None:
              log_to_driver=True, configure_logging=False)
 
 
-def _start_rollout_worker(cfg: Config, model_path: str, lora: dict[str, Any] | None, options: dict[str, Any]):
+def _start_rollout_worker(cfg: Config, model_path: str, lora: LoraSection | None, options: dict[str, Any]):
     r = cfg.rollout
     engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len,
                        "sleep_mode": r.sleep_while_training} if resolve_backend(r.backend) == "vllm" else {})
@@ -83,7 +83,7 @@ class ActorGroup:
     def __init__(self, cfg: Config, model_path: str, with_learner: bool = True):
         self.cfg, self.policy, self.layout = cfg, None, None
         self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
-        lora = cfg.lora.model_dump()
+        lora = cfg.lora
         self._learners = [ray.remote(Learner).options(**options).remote(
             model_path, cfg.model.dtype, lora, cfg.algorithm, cfg.trainer,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]

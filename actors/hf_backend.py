@@ -9,6 +9,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from actors.policy_model import (derive_seed, eos_token_ids, ignore_generation_defaults, load_policy, load_tokenizer,
                                  pad_sequences, pick_device, reshape_lora, token_logprobs, unpad)
+from pipeline.config import LoraSection
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 
 
@@ -68,12 +69,12 @@ class NewTextStop(StoppingCriteria):
 
 
 class HFEngine:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, gpus: float):
+    def __init__(self, model_path: str, dtype: str, lora: LoraSection | None, gpus: float):
         self.device = pick_device(gpus)
         self.tokenizer = load_tokenizer(model_path)
         self.eos = eos_token_ids(self.tokenizer, model_path)
         self.lora = lora
-        self.model = load_policy(model_path, dtype, None if lora is None else {**lora, "init": "default"}, self.device).eval()
+        self.model = load_policy(model_path, dtype, None if lora is None else lora.model_copy(update={"init": "default"}), self.device).eval()
         self.context_len = self.model.config.max_position_embeddings
         ignore_generation_defaults(model_path)
         bare = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

@@ -14,12 +14,12 @@ from actors.policy_model import (initialize_eva, layout_of, load_policy, load_to
                                  reshape_lora, set_threads, token_logprobs, unpad)
 from actors.sharding import Sharding
 from pipeline import core_algos
-from pipeline.config import AlgorithmConfig, TrainerConfig
+from pipeline.config import AlgorithmConfig, LoraSection, TrainerConfig
 from pipeline.records import TrainBatch
 
 
 class Learner:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any], algorithm: AlgorithmConfig, trainer: TrainerConfig,
+    def __init__(self, model_path: str, dtype: str, lora: LoraSection, algorithm: AlgorithmConfig, trainer: TrainerConfig,
                  temperature: float, max_new_tokens: int, seed: int):
         set_threads(trainer.cpus_per_learner)
         torch.manual_seed(seed)
@@ -41,7 +41,7 @@ class Learner:
     def init_eva(self, sequences: list[list[int]]) -> dict[str, Any]:
         """EVA initialisation from prompt+rollout token sequences; returns the per-layer LoRA layout."""
         layout = initialize_eva(self.model, sequences, self.tokenizer.pad_token_id, batch_size=16,
-                                max_steps=self.lora["eva_max_steps"])
+                                max_steps=self.lora.eva_max_steps)
         self.model.eval()
         self._build_optimizer()  # EVA replaced the adapter's parameters
         return layout
@@ -262,7 +262,7 @@ class Learner:
         from peft.utils import load_peft_weights
 
         path = Path(directory)
-        if self.lora.get("init") == "eva":  # take the saved per-layer shape before loading the weights
+        if self.lora.init == "eva":  # take the saved per-layer shape before loading the weights
             self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device).eval()
             self._build_optimizer()
         state = torch.load(path / "learner_state.pt", weights_only=False)

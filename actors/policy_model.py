@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from pipeline.config import LoraSection
 from pipeline.errors import RlpostError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -74,7 +75,7 @@ def ignore_generation_defaults(model_path: str) -> list[str]:
     return ignored
 
 
-def load_policy(model_path: str, dtype: str, lora: dict[str, Any] | None, device: torch.device):
+def load_policy(model_path: str, dtype: str, lora: LoraSection | None, device: torch.device):
     """The base causal LM wrapped with a fresh LoRA adapter (weights come from the learner); lora=None: the bare LM."""
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -88,27 +89,27 @@ def load_policy(model_path: str, dtype: str, lora: dict[str, Any] | None, device
         raise ModelLoadError(f"model.path={model_path!r} ({config.model_type}) is not a causal LM: {err}") from None
     if lora is None:
         return base.to(device)
-    if lora.get("init") == "eva":  # lora_A is filled in later by `initialize_eva` (it stays on the meta device until then)
+    if lora.init == "eva":  # lora_A is filled in later by `initialize_eva` (it stays on the meta device until then)
         from peft import EvaConfig
 
-        eva = EvaConfig(rho=lora["eva_rho"], tau=lora["eva_tau"], use_label_mask=False)  # RL batches have no labels
+        eva = EvaConfig(rho=lora.eva_rho, tau=lora.eva_tau, use_label_mask=False)  # RL batches have no labels
         return get_peft_model(base.to(device), lora_config(lora, init_lora_weights="eva", eva_config=eva), low_cpu_mem_usage=True)
     return get_peft_model(base, lora_config(lora)).to(device)
 
 
-def lora_config(lora: dict[str, Any], **extra: Any):
+def lora_config(lora: LoraSection, **extra: Any):
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=lora["target_modules"], task_type="CAUSAL_LM", **extra)
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM", **extra)
 
 
-def reshape_lora(model, lora: dict[str, Any], layout: dict[str, Any]):
+def reshape_lora(model, lora: LoraSection, layout: dict[str, Any]):
     """The same base model with a fresh adapter of the given per-layer shape (EVA's rank pattern)."""
     from peft import get_peft_model
 
     base = model.unload()
-    shaped = dict(lora, target_modules=layout["target_modules"])
+    shaped = lora.model_copy(update={"target_modules": layout["target_modules"]})
     return get_peft_model(base, lora_config(shaped, rank_pattern=layout["rank_pattern"], alpha_pattern=layout["alpha_pattern"]))
 
 

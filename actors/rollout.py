@@ -6,6 +6,7 @@ import importlib.util
 from typing import Any
 
 from actors.policy_model import set_threads
+from pipeline.config import LoraSection
 from pipeline.data import encode_prompt
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 from actors.worker_pool import StaleWorker
@@ -26,7 +27,7 @@ def make_engine(backend: str, **kwargs: Any):
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, backend: str, cpus: float, gpus: float,
+    def __init__(self, model_path: str, dtype: str, lora: LoraSection | None, backend: str, cpus: float, gpus: float,
                  engine_options: dict[str, Any] | None = None):
         set_threads(cpus)
         self.backend = resolve_backend(backend)

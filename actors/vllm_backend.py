@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from actors.policy_model import derive_seed, eos_token_ids, ignore_generation_defaults
+from pipeline.config import LoraSection
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, dtype: str, lora: dict[str, Any] | None, gpus: float,
+    def __init__(self, model_path: str, dtype: str, lora: LoraSection | None, gpus: float,
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = None, sleep_mode: bool = False):
         on_gpu = gpus > 0 and torch.cuda.is_available()
         # in a Ray actor the engine runs in-process: fast start, nothing leaked if the actor is killed
@@ -40,7 +41,7 @@ class VLLMEngine:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
         self.can_sleep = on_gpu and sleep_mode
         if lora is not None:  # EVA may give a layer up to rho * rank
-            needed = lora["rank"] * (lora.get("eva_rho", 1.0) if lora.get("init") == "eva" else 1.0)
+            needed = lora.rank * (lora.eva_rho if lora.init == "eva" else 1.0)
             options.update(enable_lora=True, max_lora_rank=min(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= needed),
                            max_loras=1)
         self.llm = LLM(**{k: v for k, v in options.items() if v is not None})
@@ -51,7 +52,7 @@ class VLLMEngine:
         self.lora, self.model_path = lora, model_path
         self.adapter_root = Path(tempfile.mkdtemp(prefix="rlpost-adapters-"))
         self.lora_request, self.loads = None, 0
-        self.layout = {"target_modules": lora["target_modules"], "rank_pattern": {}, "alpha_pattern": {}} if lora else None
+        self.layout = {"target_modules": lora.target_modules, "rank_pattern": {}, "alpha_pattern": {}} if lora else None
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self.layout = layout
@@ -75,7 +76,7 @@ class VLLMEngine:
         save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(path / "adapter_model.safetensors"))
         (path / "adapter_config.json").write_text(json.dumps({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": self.model_path,
-            "r": self.lora["rank"], "lora_alpha": self.lora["alpha"], "lora_dropout": 0.0, "bias": "none",
+            "r": self.lora.rank, "lora_alpha": self.lora.alpha, "lora_dropout": 0.0, "bias": "none",
             **self.layout,
         }))
         previous, self.lora_request = self.lora_request, LoRARequest(f"v{version}", self.loads, str(path))

@@ -50,7 +50,7 @@ def main() -> None:
     path = str(ensure_tiny_model(recipe))
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "placement.mode=split", "trainer.minibatch_size=512",
                                                   "trainer.micro_batch_size=128", "trainer.lr=1e-4"])
-    lora = cfg.lora.model_dump()
+    lora = cfg.lora
     engine = HFEngine(path, args.dtype, lora, gpus=1)
     learner = Learner(path, args.dtype, lora, cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=args.new_tokens, seed=0)
@@ -100,7 +100,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "model": {"hidden": args.hidden, "layers": args.layers, "params": n_params, "dtype": args.dtype,
-                  "lora_rank": lora["rank"]},
+                  "lora_rank": lora.rank},
         "rollout_hf": {"samples": len(completions), "generated_tokens": gen_tokens,
                        "seconds_median": statistics.median(gen_times),
                        "gen_tokens_per_s": gen_tokens / statistics.median(gen_times)},
@@ -112,7 +112,7 @@ def main() -> None:
         "sync": sync, "sync_ratio_merged_over_adapter": sync["merged"]["seconds_median"] / sync["adapter"]["seconds_median"],
         "sleep": {"freed_gib": freed_gib, "same_greedy_output_after_wake": same_after_wake},
     }
-    print(f"device            {result['device']}  ({n_params / 1e6:.0f}M params, {args.dtype}, LoRA r={lora['rank']})")
+    print(f"device            {result['device']}  ({n_params / 1e6:.0f}M params, {args.dtype}, LoRA r={lora.rank})")
     print(f"hf rollout        {len(completions)} samples, {gen_tokens} tokens in {statistics.median(gen_times):.2f}s"
           f" = {result['rollout_hf']['gen_tokens_per_s']:.0f} tok/s")
     print(f"learner update    {statistics.median(train_times):.2f}s per update of {len(completions)} samples"

@@ -41,7 +41,7 @@ def main() -> None:
 
     cfg = load_config("configs/debug_cpu.yaml", [f"model.path={args.model}"] if args.model else [])
     path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
-    lora = cfg.lora.model_dump()
+    lora = cfg.lora
     hf = RolloutWorker(path, "float32", lora, "hf", cpus=os.cpu_count() or 1, gpus=0)
     ours = RolloutWorker(path, "float32", lora, "vllm", cpus=os.cpu_count() or 1, gpus=0)
     merged = RolloutWorker(path, "float32", None, "vllm", cpus=os.cpu_count() or 1, gpus=0)

@@ -32,7 +32,7 @@ def test_two_gloo_learners_match_one_learner_after_several_steps(ray_session, ti
                                                  f"algorithm.loss_agg_mode={loss_agg_mode}", "algorithm.ppo_epochs=2"])
     # float64: Adam turns float32 rounding in near-zero gradients into visible parameter noise
     # (float32 gradients agree to 2e-8 here, but 40% of them are below 1e-7)
-    args = (tiny_model_path, "float64", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer, 1.0, 8, 0)
+    args = (tiny_model_path, "float64", cfg.lora, cfg.algorithm, cfg.trainer, 1.0, 8, 0)
     single = ray.remote(Learner).options(num_cpus=1).remote(*args)
     pair = [ray.remote(Learner).options(num_cpus=1).remote(*args) for _ in range(2)]
     try:
@@ -80,7 +80,7 @@ def test_two_fsdp_learners_match_one_learner_and_resume_from_their_checkpoint(ra
 
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.minibatch_size=8", "trainer.micro_batch_size=3", "trainer.lr=0.01",
                                                  "algorithm.ppo_epochs=2"])
-    args = (tiny_model_path, "float64", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer, 1.0, 8, 0)
+    args = (tiny_model_path, "float64", cfg.lora, cfg.algorithm, cfg.trainer, 1.0, 8, 0)
 
     def sharded_pair():
         pair = [ray.remote(Learner).options(num_cpus=1).remote(*args) for _ in range(2)]

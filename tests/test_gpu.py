@@ -12,7 +12,7 @@ def test_learner_update_and_hf_rollout_on_cuda_agree_after_sync(tiny_model_path)
     from actors.learner import Learner
 
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "placement.mode=split"])
-    lora = cfg.lora.model_dump()
+    lora = cfg.lora
     engine = HFEngine(tiny_model_path, "float32", lora, gpus=1)
     learner = Learner(tiny_model_path, "float32", lora, cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=8, seed=0)
@@ -51,7 +51,7 @@ def test_merged_weights_from_a_cuda_learner_reload_into_a_bare_cuda_engine(tiny_
     from actors.learner import Learner
 
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "placement.mode=split", "trainer.lr=0.05"])
-    learner = Learner(tiny_model_path, "bfloat16", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
+    learner = Learner(tiny_model_path, "bfloat16", cfg.lora, cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=8, seed=0)
     prompt = [30, 17, 34, 39, 13, 14, 15, 16, 42]
     learner.update(TrainBatch([prompt] * 4, [[16, 15, 1], [14, 1], [13, 13, 1], [16, 1]], [1.0, -1.0, 0.5, -0.5], [0] * 4))

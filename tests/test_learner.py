@@ -9,7 +9,7 @@ from pipeline.records import TrainBatch
 
 def _learner(path, **trainer):
     cfg = load_config(None, [f"trainer.{k}={v}" for k, v in trainer.items()] + ["trainer.lr=0.01"])
-    return Learner(path, "float32", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
+    return Learner(path, "float32", cfg.lora, cfg.algorithm, cfg.trainer,
                    temperature=1.0, max_new_tokens=8, seed=0)
 
 
@@ -108,7 +108,7 @@ def test_eva_initialisation_redistributes_ranks_and_the_adapter_reloads(tiny_mod
     from transformers import AutoModelForCausalLM
 
     cfg = load_config(None, ["lora.init=eva", "lora.rank=4", "lora.alpha=8", "lora.eva_max_steps=5"])
-    learner = Learner(tiny_model_path, "float32", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
+    learner = Learner(tiny_model_path, "float32", cfg.lora, cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=8, seed=0)
     batch = _batch()
     layout = learner.init_eva([p + c for p, c in zip(batch.prompt_ids, batch.completion_ids)] * 3)

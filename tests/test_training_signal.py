@@ -150,7 +150,7 @@ def test_sequences_masked_by_overlong_filtering_leave_the_denominator(tiny_model
     cfg = load_config(None, [f"algorithm.loss_agg_mode={mode}"])
 
     def loss(batch):
-        learner = Learner(tiny_model_path, "float32", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
+        learner = Learner(tiny_model_path, "float32", cfg.lora, cfg.algorithm, cfg.trainer,
                           temperature=1.0, max_new_tokens=8, seed=0)
         return learner.update(batch)["loss"]
 
@@ -267,7 +267,7 @@ def test_every_no_grad_pass_of_the_learner_is_deterministic_with_lora_dropout(ti
     from actors.learner import Learner
 
     cfg = load_config(None, ["lora.dropout=0.5", "trainer.lr=0.01"])
-    learner = Learner(tiny_model_path, "float32", cfg.lora.model_dump(), cfg.algorithm, cfg.trainer,
+    learner = Learner(tiny_model_path, "float32", cfg.lora, cfg.algorithm, cfg.trainer,
                       temperature=1.0, max_new_tokens=8, seed=0)
     prompts, completions = [[20, 30, 17, 34], [21, 30, 17]], [[14, 15, 1], [16, 1]]
     for _ in range(2):  # before and after an update, which trains with dropout on

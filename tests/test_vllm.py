@@ -8,8 +8,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.records import PromptSpec, SamplingSpec, TrainBatch  # noqa: E402
 
 pytestmark = pytest.mark.slow
-LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.0,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA = load_config(None).lora  # rank 16 on every linear layer
 PROMPTS = [[30, 17, 34, 39, 13, 14, 15, 16, 42], [31, 27, 30, 32, 39, 7, 5, 4, 6, 42], [4, 5, 40, 6, 7, 42]]
 
 
