@@ -83,9 +83,8 @@ class ActorGroup:
     def __init__(self, cfg: Config, model_path: str, with_learner: bool = True):
         self.cfg, self.policy, self.layout = cfg, None, None
         self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
-        lora = cfg.lora
         self._learners = [ray.remote(Learner).options(**options).remote(
-            model_path, cfg.model.dtype, lora, cfg.algorithm, cfg.trainer,
+            model_path, cfg.model.dtype, cfg.lora, cfg.algorithm, cfg.trainer,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]
         # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else
         # rank 0, which sends weights, scores probes and writes checkpoints
@@ -94,7 +93,7 @@ class ActorGroup:
             address = ray.get(self._learners[0].rendezvous.remote())
             ray.get([learner.join_group.remote(address, rank, len(self._learners), cfg.trainer.fsdp)
                      for rank, learner in enumerate(self._learners)])
-        served = None if cfg.rollout.weight_sync == "merged" else lora  # merged: engines run the bare model, reloaded in place
+        served = None if cfg.rollout.weight_sync == "merged" else cfg.lora  # merged: engines run the bare model, reloaded in place
         self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options) for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
         self.reward = WorkerPool("reward", [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)],
@@ -109,10 +108,14 @@ class ActorGroup:
 
         The engines derive each group's seed from the step's seed and its group id, so results do not
         depend on which worker ran a chunk (a chunk redone after a worker died gives the same samples)."""
-        version = self.policy.version if self.policy else None
-        chunks = _chunks(prompts, len(self.rollout.actors), self.cfg.rollout.chunks_per_worker)
+        version, chunks = self._version, _chunks(prompts, len(self.rollout.actors), self.cfg.rollout.chunks_per_worker)
         parts = self.rollout.map(chunks, lambda w, c, chunk: w.generate.remote(chunk, sampling, version))
         return sorted((c for part in parts for c in part), key=lambda c: c.group_id)  # stable: keeps sample order
+
+    @property
+    def _version(self) -> int | None:
+        """The policy version every rollout worker must run (None before the first sync)."""
+        return self.policy.version if self.policy else None
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self.layout = layout
@@ -137,7 +140,7 @@ class ActorGroup:
 
     def score_texts(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """log P(continuation | prompt) from the consensus scoring model (the policy unless configured)."""
-        pool, version = (self.consensus, None) if self.consensus else (self.rollout, self.policy.version if self.policy else None)
+        pool, version = (self.consensus, None) if self.consensus else (self.rollout, self._version)
         chunks = _chunks(list(range(len(prompts))), len(pool.actors), self.cfg.rollout.chunks_per_worker)
         parts = pool.map(chunks, lambda w, c, idx: w.score_texts.remote(
             [prompts[i] for i in idx], [continuations[i] for i in idx], version))

@@ -10,7 +10,7 @@ that greedy and sampled completions end in EOS tokens and contain multi-token st
 - "gencfg": generation_config.json carries non-neutral sampling defaults that the engines must ignore.
 
 Use the session fixture `real_model` (a factory: `real_model("qwen")` -> model directory) and
-`encode_prompts(path, texts)`.
+`encode_prompts(tokenizer, texts)`.
 """
 from __future__ import annotations
 
@@ -75,12 +75,10 @@ def build_tokenizer(variant: Variant):
 
 
 def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Prompt ids the way a run encodes them: through the chat template when there is one."""
-    if tokenizer.chat_template:
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-                 for t in texts]
-        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return [tokenizer(t)["input_ids"] for t in texts]
+    """Prompt ids the way a run encodes them (pipeline.data): through the chat template when there is one."""
+    from pipeline.data import Row, encode_prompt, prompt_text
+
+    return [encode_prompt(tokenizer, *prompt_text(Row("task", t, ""), tokenizer, "auto")) for t in texts]
 
 
 def build_model(variant: Variant, tokenizer, target: Path) -> Path:
