@@ -6,14 +6,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
 from actors.learner import Learner
-from actors.placement import plan
+from actors.cluster_fit import total
+from actors.placement import PlacementError, demands, plan
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, resolve_backend
 from actors.worker_pool import WorkerPool
@@ -42,25 +43,25 @@ def init_ray(cfg: Config) -> None:
     if cfg.run.ray_address:
         ray.init(address=cfg.run.ray_address, runtime_env=env, log_to_driver=True)
         return
-    wanted = (cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.reward.num_workers * cfg.reward.cpus_per_worker
-              + cfg.trainer.cpus_per_learner)
+    wanted = total(demands(cfg, cfg.trainer.num_learners), "CPU")
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False, runtime_env=env,
              log_to_driver=True, configure_logging=False)
 
 
-def _start_rollout_worker(cfg: Config, model_path: str, lora: LoraSection | None, options: dict[str, Any]):
+def _start_rollout_worker(cfg: Config, model_path: str, lora: LoraSection | None, options: dict[str, Any],
+                          revision: str | None = None):
     r = cfg.rollout
     engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len,
                        "sleep_mode": r.sleep_while_training} if resolve_backend(r.backend) == "vllm" else {})
     return ray.remote(RolloutWorker).options(**options, max_restarts=r.max_restarts).remote(
-        model_path, cfg.model.dtype, lora, r.backend, r.cpus_per_worker, r.gpus_per_worker, engine_options)
+        model_path, cfg.model.dtype, lora, r.backend, r.cpus_per_worker, r.gpus_per_worker, engine_options, revision)
 
 
-def _start_reward_worker(cfg: Config):
+def _start_reward_worker(cfg: Config, options: dict[str, Any]):
     def components(items):
         return [(c.name, c.weight, c.args) for c in items]
 
-    return ray.remote(RewardWorker).options(num_cpus=cfg.reward.cpus_per_worker, max_restarts=cfg.reward.max_restarts).remote(
+    return ray.remote(RewardWorker).options(**options, max_restarts=cfg.reward.max_restarts).remote(
         components(cfg.reward.components), cfg.reward.timeout_s, cfg.reward.failure_score,
         {source: components(items) for source, items in cfg.reward.by_source.items()})
 
@@ -85,23 +86,36 @@ class ActorGroup:
         self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
         self._learners = [ray.remote(Learner).options(**options).remote(
             model_path, cfg.model.dtype, cfg.lora, cfg.algorithm, cfg.trainer,
-            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed) for options in self.placement.learners]
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed, cfg.model.revision)
+            for options in self.placement.learners]
         # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else
         # rank 0, which sends weights, scores probes and writes checkpoints
         self._state_ranks = self._learners if cfg.trainer.fsdp else self._learners[:1]
+        served = None if cfg.rollout.weight_sync == "merged" else cfg.lora  # merged: engines run the bare model, reloaded in place
+        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options, cfg.model.revision)
+                                              for options in self.placement.rollout],
+                                  cfg.rollout.worker_deadline_s, revive=self._install_policy)
+        self.reward = WorkerPool("reward", [_start_reward_worker(cfg, options) for options in self.placement.reward],
+                                 cfg.reward.worker_deadline_s)
+        consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM, no adapter, outside the placement groups
+        self.consensus = None if consensus_model is None else WorkerPool(
+            "consensus", [_start_rollout_worker(cfg, consensus_model, None, options) for options in self.placement.consensus],
+            cfg.rollout.worker_deadline_s)
+        # every actor placed before the first call on any, or one message why not: never a "lost" worker later (an
+        # autoscaling cluster places them as its nodes come up)
+        try:
+            if not cfg.placement.autoscaling:
+                self.placement.wait_until_placed({"learner": self._learners, "rollout worker": self.rollout.actors,
+                                                  "reward worker": self.reward.actors,
+                                                  "consensus worker": self.consensus.actors if self.consensus else []},
+                                                 cfg.placement.timeout_s)
+        except PlacementError:
+            self.shutdown()
+            raise
         if len(self._learners) > 1:
             address = ray.get(self._learners[0].rendezvous.remote())
             ray.get([learner.join_group.remote(address, rank, len(self._learners), cfg.trainer.fsdp)
                      for rank, learner in enumerate(self._learners)])
-        served = None if cfg.rollout.weight_sync == "merged" else cfg.lora  # merged: engines run the bare model, reloaded in place
-        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options) for options in self.placement.rollout],
-                                  cfg.rollout.worker_deadline_s, revive=self._install_policy)
-        self.reward = WorkerPool("reward", [_start_reward_worker(cfg) for _ in range(cfg.reward.num_workers)],
-                                 cfg.reward.worker_deadline_s)
-        consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM, no adapter, outside the placement groups
-        anywhere = {"num_cpus": cfg.rollout.cpus_per_worker, "num_gpus": cfg.rollout.gpus_per_worker}
-        self.consensus = None if consensus_model is None else WorkerPool(
-            "consensus", [_start_rollout_worker(cfg, consensus_model, None, anywhere)], cfg.rollout.worker_deadline_s)
 
     def generate(self, prompts: list[PromptSpec], sampling: SamplingSpec) -> list[Completion]:
         """Prompts spread over the rollout workers by load; results ordered by (group id, sample).
@@ -210,18 +224,23 @@ class ActorGroup:
         """
         merged = self.cfg.rollout.weight_sync == "merged"
         ranks = [getattr(learner, "merged_state" if merged else "adapter_state").remote() for learner in self._state_ranks]
-        expected = self._on_rank0("merged_logprobs" if merged else "sequence_logprobs", [probe[0]], [probe[1]], 1.0)[0]
-        return self._install(ranks[0], version, probe, expected, tolerance)
+        # the learner scores the probe while the rollout workers load the weights and score it themselves (the
+        # same calls in the same order on every rank, so FSDP's collectives still line up)
+        expected = [getattr(learner, "merged_logprobs" if merged else "sequence_logprobs").remote([probe[0]], [probe[1]], 1.0)
+                    for learner in self._state_ranks]
+        return self._install(ranks[0], version, probe, lambda: self._get(expected)[0][0], tolerance)
 
     def load_weights(self, weights: dict[str, np.ndarray], version: int, probe: tuple[list[int], list[int]]) -> int:
         """Install given adapter weights (a saved adapter, say) on every rollout worker; they must agree."""
         return self._install(ray.put(weights), version, probe, None, 1e-3)
 
-    def _install(self, weights, version: int, probe: tuple[list[int], list[int]], expected: list[float] | None,
-                 tolerance: float) -> int:
+    def _install(self, weights, version: int, probe: tuple[list[int], list[int]],
+                 expected: list[float] | Callable[[], list[float]] | None, tolerance: float) -> int:
         """Install policy `version` on every rollout worker; each must reproduce the `expected` probe
-        log-probs (default: the first worker's). A worker Ray restarts later gets it again."""
+        log-probs (default: the first worker's; a callable is asked once the workers have answered).
+        A worker Ray restarts later gets it again."""
         got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe))
+        expected = expected() if callable(expected) else expected
         self.policy = Policy(weights, version, probe, got[0][0] if expected is None else expected, tolerance)
         for i, (values, _) in enumerate(got):
             self._verify(i, values)

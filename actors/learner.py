@@ -15,22 +15,42 @@ from actors.policy_model import (initialize_eva, layout_of, load_policy, load_to
 from actors.sharding import Sharding
 from pipeline import core_algos
 from pipeline.config import AlgorithmConfig, LoraSection, TrainerConfig
+from pipeline.hub import resolve_model
 from pipeline.records import TrainBatch
 
 
 class Learner:
     def __init__(self, model_path: str, dtype: str, lora: LoraSection, algorithm: AlgorithmConfig, trainer: TrainerConfig,
-                 temperature: float, max_new_tokens: int, seed: int):
+                 temperature: float, max_new_tokens: int, seed: int, revision: str | None = None):
         set_threads(trainer.cpus_per_learner)
         torch.manual_seed(seed)
         self.device = pick_device(trainer.gpus_per_learner)
+        model_path = resolve_model(model_path, revision)  # a Hub id: this node's snapshot of it
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_policy(model_path, dtype, lora, self.device).eval()  # peft adds its LoRA dropout in train mode
         self.lora, self.algo, self.trainer = lora, algorithm, trainer
+        self._prepare_model()
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self._build_optimizer()
         self.shuffle = torch.Generator().manual_seed(seed)  # the same on every rank: all see the same mini-batches
         self.ranks = Sharding()
+
+    def _prepare_model(self) -> None:
+        """Gradient checkpointing if asked (recomputed per decoder layer in the backward; only in train mode,
+        so only the gradient pass pays for it), and whether any dropout is live in train mode."""
+        if self.trainer.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        config = getattr(self.model, "config", None)
+        self._dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()) or any(
+            isinstance(v, float) and v > 0 for k, v in (config.to_dict() if config is not None else {}).items()
+            if k.endswith("dropout") or k.endswith("dropout_prob"))
+
+    def _forwards(self):
+        """The context of every learner forward: on CUDA, autocast to a half-precision model's dtype."""
+        dtype = self.model.dtype
+        if self.device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -85,20 +105,35 @@ class Learner:
         With data parallelism every rank holds the whole (small) token batch but computes only its
         own groups; each mini-batch is the same global set of samples on every rank, normalised by
         the global token / sequence counts, so summing gradients across ranks gives exactly the
-        single-learner gradient (spec §1.7)."""
-        ids, attention, mask = pad_sequences(batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id, self.device)
-        behaviour_mask = mask
+        single-learner gradient (spec §1.7).
+
+        pi_old is the policy before this update: recomputed by a no-grad pass, except when the step is
+        one epoch of one mini-batch (and no dropout is live), where it is exactly the detached log-probs
+        of the gradient pass itself (the ratio is 1, as verl and TRL do it), so that pass is skipped."""
+        ids, attention, response = pad_sequences(batch.prompt_ids, batch.completion_ids, self.tokenizer.pad_token_id, self.device)
+        mask = response
         if batch.loss_mask:
             mask = mask * torch.tensor(batch.loss_mask, dtype=mask.dtype, device=self.device).unsqueeze(-1)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
+        lengths = attention.sum(-1).cpu()
         mine = self._my_rows(batch.group_ids)
-        self._idle_row = (ids[:1], attention[:1])  # what a rank with fewer rows feeds FSDP's collective forwards
-        recomputed = self._logprobs_no_grad(ids, attention, rows=mine)  # as pi_old, the ratio is exactly 1 at first
-        behaviour = self._as_tensor(batch.behaviour_logprobs, behaviour_mask, like=recomputed)
-        old = behaviour if batch.old_from_behaviour else recomputed
+        first = int(lengths[0])
+        self._idle_row = (ids[:1, :first], attention[:1, :first])  # what a rank with fewer rows feeds FSDP's collective forwards
+        layout = torch.zeros(response.shape, device=self.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
+        behaviour = self._as_tensor(batch.behaviour_logprobs, response, like=layout)
+        tis = bool(self.algo.tis_cap) and behaviour is not None
+        reuse = self._old_is_current(len(ids))
+        if reuse:  # filled by the gradient pass, which sees the policy before its own optimizer step
+            recomputed, weights = layout.clone(), None
+        else:  # as pi_old, the ratio is exactly 1 at first
+            recomputed = self._logprobs_no_grad(ids, attention, response, rows=mine, lengths=lengths)
+            weights = self._tis_weights(recomputed, behaviour, response) if tis else None
+        old = behaviour if batch.old_from_behaviour else (None if reuse else recomputed)  # None: the detached current log-probs
         kl_in_loss = self.algo.kl_coef > 0 and self.algo.kl_in == "loss"
-        ref = self._logprobs_no_grad(ids, attention, adapter=False, rows=mine) if kl_in_loss else None
-        weights = self._tis_weights(recomputed, behaviour, behaviour_mask) if self.algo.tis_cap and behaviour is not None else None
+        ref = self._logprobs_no_grad(ids, attention, response, adapter=False, rows=mine, lengths=lengths) if kl_in_loss else None
+        data = dict(ids=ids, attention=attention, mask=mask, response=response, advantages=advantages, old=old, ref=ref,
+                    weights=weights, lengths=lengths, behaviour=behaviour if reuse and tis else None,
+                    current=recomputed if reuse else None)
         metrics: dict[str, list[float]] = {}
         for _ in range(self.algo.ppo_epochs):
             order = torch.randperm(len(ids), generator=self.shuffle)
@@ -106,24 +141,42 @@ class Learner:
                 counted = (mask[mb].sum(-1) > 0).sum().item()  # overlong filtering may mask whole sequences out
                 totals = core_algos.Totals(tokens=max(mask[mb].sum().item(), 1.0), seqs=max(float(counted), 1.0),
                                            max_len=float(self.max_new_tokens))
-                local = mb[mine[mb]]
-                pick = lambda values: None if values is None else values[local]  # noqa: E731
-                step_metrics = self._optimizer_step(ids[local], attention[local], mask[local], advantages[local], old[local],
-                                                    pick(ref), pick(weights), totals)
+                step_metrics = self._optimizer_step(mb[mine[mb]], data, totals)
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         summary = {k: float(np.mean(v)) for k, v in metrics.items()}
         summary["skipped_steps"] = float(sum(metrics["skipped_steps"]))
         summary["all_skipped"] = float(all(metrics["skipped_steps"]))
-        summary.update(self._behaviour_gap(recomputed[mine], behaviour_mask[mine], batch.behaviour_logprobs, mine))
+        summary.update(self._behaviour_gap(recomputed[mine], response[mine], batch.behaviour_logprobs, mine))
         return summary
+
+    def _old_is_current(self, samples: int) -> bool:
+        """Whether pi_old equals the policy of the (only) gradient pass: one epoch, one mini-batch, no dropout."""
+        return self.algo.ppo_epochs == 1 and self.trainer.minibatch_size >= samples and not self._dropout
+
+    def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """`rows` in micro-batches, each with its own padded width (its longest row; rows are right-padded).
+
+        trainer.max_tokens_per_micro_batch: rows sorted longest first, packed while rows x width stays
+        within the budget (a longer row goes alone); otherwise micro_batch_size rows in the given order."""
+        budget = self.trainer.max_tokens_per_micro_batch
+        if budget is None:
+            micros = list(rows.split(self.trainer.micro_batch_size))
+        else:
+            rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
+            widths, micros, start = lengths[rows].tolist(), [], 0
+            while start < len(rows):
+                take = max(1, budget // max(int(widths[start]), 1))
+                micros.append(rows[start:start + take])
+                start += take
+        return [(micro, int(lengths[micro].max())) for micro in micros]
 
     @torch.no_grad()
     def reference_kl(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
         """Per sample, the summed KL estimate between the current policy and the reference (kl_in=reward)."""
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
-        kl = core_algos.kl_penalty(self._logprobs_no_grad(ids, attention), self._logprobs_no_grad(ids, attention, adapter=False),
-                                   self.algo.kl_type)
+        kl = core_algos.kl_penalty(self._logprobs_no_grad(ids, attention, mask),
+                                   self._logprobs_no_grad(ids, attention, mask, adapter=False), self.algo.kl_type)
         return (kl * mask).sum(-1).tolist()
 
     @staticmethod
@@ -139,26 +192,41 @@ class Learner:
         """Per-token min(pi_learner / pi_rollout, algorithm.tis_cap)."""
         return torch.where(mask.bool(), torch.exp(learner - rollout).clamp(max=self.algo.tis_cap), torch.ones_like(learner))
 
-    def _optimizer_step(self, ids, attention, mask, advantages, old, ref, weights, totals: core_algos.Totals) -> dict[str, float]:
-        """One optimizer step on this rank's rows of a mini-batch; `totals` are the whole mini-batch's."""
+    def _optimizer_step(self, rows: torch.Tensor, data: dict[str, Any], totals: core_algos.Totals) -> dict[str, float]:
+        """One optimizer step on this rank's `rows` of a mini-batch; `totals` are the whole mini-batch's.
+
+        data["current"] given: this pass's detached log-probs are written there (the policy before the step),
+        serve as pi_old where data["old"] is None and give the truncated-IS weights against data["behaviour"]."""
         policy_loss = core_algos.POLICY_LOSSES[self.algo.policy_loss]
         self.optimizer.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)
-        micros = torch.arange(len(ids), device=ids.device).split(self.trainer.micro_batch_size)
+        micros = self._micro_batches(rows, data["lengths"])
         idle = self.ranks.forwards_to_run(len(micros)) - len(micros)  # agreed before any forward: it is a collective too
         self.model.train()  # LoRA dropout, if any, only where gradients flow; every no-grad pass runs in eval mode
-        for micro in micros:
-            logp, entropy = token_logprobs(self.model, ids[micro], attention[micro], self.temperature, with_entropy=True)
-            m = mask[micro]
-            pick = lambda values: None if values is None else values[micro]  # noqa: E731
-            loss, stats = policy_loss(logp, old[micro], advantages[micro], m, totals, self.algo, pick(weights), pick(ref))
+        for micro, width in micros:
+            micro = micro.to(self.device)
+            pick = lambda name: None if data[name] is None else data[name][micro, :width - 1]  # noqa: E731
+            m, response = pick("mask"), pick("response")
+            with self._forwards():
+                logp, entropy = token_logprobs(self.model, data["ids"][micro, :width], data["attention"][micro, :width],
+                                               self.temperature, with_entropy=True, positions=response)
+            old, weights = pick("old"), pick("weights")
+            if data["current"] is not None:  # this pass is the policy before the step: pi_old, the gap, the TIS weights
+                current = logp.detach()
+                data["current"][micro, :width - 1] = current
+                old = current if old is None else old
+                if data["behaviour"] is not None:
+                    weights = self._tis_weights(current, pick("behaviour"), response)
+            loss, stats = policy_loss(logp, old, data["advantages"][micro], m, totals, self.algo, weights, pick("ref"))
             self.ranks.backward(loss)
             sums["loss"] += loss.item()
             sums["entropy"] += (entropy * m).sum().item() / totals.tokens
             for k, v in stats.items():
                 sums[k] += v
         for _ in range(idle):
-            self.ranks.backward(token_logprobs(self.model, *self._idle_row, self.temperature)[0].sum() * 0)
+            with self._forwards():
+                logp = token_logprobs(self.model, *self._idle_row, self.temperature)[0]
+            self.ranks.backward(logp.sum() * 0)
         self.model.eval()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.ranks.sum_gradients(params)  # each rank's loss is its share of the global one: gradients and metrics add up
@@ -174,17 +242,22 @@ class Learner:
         return {**sums, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "skipped_steps": float(skipped)}
 
     @torch.no_grad()
-    def _logprobs_no_grad(self, ids, attention, adapter: bool = True, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token log-probs in micro-batches (of `rows` only; zeros elsewhere); adapter=False gives the reference policy."""
-        out = torch.zeros((len(ids), ids.shape[1] - 1), device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
-        selected = torch.arange(len(ids), device=ids.device) if rows is None else rows.nonzero().squeeze(-1)
-        micros = selected.split(self.trainer.micro_batch_size)
+    def _logprobs_no_grad(self, ids, attention, positions, adapter: bool = True, rows: torch.Tensor | None = None,
+                          lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token log-probs at `positions`, in micro-batches (of `rows` only; zeros elsewhere); adapter=False
+        gives the reference policy."""
+        out = torch.zeros(positions.shape, device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
+        lengths = attention.sum(-1).cpu() if lengths is None else lengths
+        selected = torch.arange(len(ids)) if rows is None else rows.cpu().nonzero().squeeze(-1)
+        micros = self._micro_batches(selected, lengths)
         idle = self.ranks.forwards_to_run(len(micros)) - len(micros)
-        with contextlib.nullcontext() if adapter else self.model.disable_adapter():
-            for micro in micros:
-                out[micro] = token_logprobs(self.model, ids[micro], attention[micro], self.temperature)[0]
+        with contextlib.nullcontext() if adapter else self.model.disable_adapter(), self._forwards():
+            for micro, width in micros:
+                micro = micro.to(ids.device)
+                out[micro, :width - 1] = token_logprobs(self.model, ids[micro, :width], attention[micro, :width], self.temperature,
+                                                        positions=positions[micro, :width - 1])[0]
             for _ in range(idle):
-                token_logprobs(self.model, ids[:1], attention[:1], self.temperature)
+                token_logprobs(self.model, ids[:1, :int(lengths[0])], attention[:1, :int(lengths[0])], self.temperature)
         return out
 
     def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]], mine: torch.Tensor) -> dict[str, float]:
@@ -219,7 +292,8 @@ class Learner:
         params = {name: merged[name.replace(".base_layer", "")] for name, _ in base.named_parameters() if ".lora_" not in name}
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
         with self.model.disable_adapter():
-            logp, _ = token_logprobs(lambda **inputs: functional_call(base, params, args=(), kwargs=inputs), ids, attention, temperature)
+            logp, _ = token_logprobs(lambda **inputs: functional_call(base, params, args=(), kwargs=inputs), ids, attention, temperature,
+                                     positions=mask)
         return unpad(logp, mask)
 
     def _merged_weights(self) -> dict[str, torch.Tensor]:
@@ -239,7 +313,8 @@ class Learner:
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float | None = None) -> list[list[float]]:
         """Per-token log-probs of given completions, at the rollout temperature unless one is given."""
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
-        return unpad(token_logprobs(self.model, ids, attention, temperature or self.temperature)[0], mask)
+        with self._forwards():
+            return unpad(token_logprobs(self.model, ids, attention, temperature or self.temperature, positions=mask)[0], mask)
 
     def save(self, directory: str) -> None:
         """Adapter in peft format plus optimizer, scheduler and RNG state, for exact resume (rank 0 writes)."""
@@ -264,6 +339,7 @@ class Learner:
         path = Path(directory)
         if self.lora.init == "eva":  # take the saved per-layer shape before loading the weights
             self.model = reshape_lora(self.model, self.lora, layout_of(path / "adapter")).to(self.device).eval()
+            self._prepare_model()
             self._build_optimizer()
         state = torch.load(path / "learner_state.pt", weights_only=False)
         self.ranks.load(self.model, self.optimizer, load_peft_weights(str(path / "adapter"), device=str(self.device)), state["optimizer"])

@@ -1,14 +1,20 @@
 """Where the actors run: `cpu`, `colocate` (one shared GPU) or `split` (placement groups of GPUs).
 
-The plan is a list of Ray `.options()` per learner and per rollout worker. colocate reserves one
-bundle (a GPU and the CPUs) and puts the learner and every rollout worker in it, each with its
-fractional GPU share, so they are sure to share that GPU. split reserves one placement group of
-learner bundles and one of rollout bundles (strategy from config: PACK fills nodes, SPREAD spreads
-them), so rollout and learner GPUs are kept apart and may sit on different nodes. A restarted
-actor comes back in its own bundle. Reward workers need CPUs only and go wherever Ray has them.
+The plan is a list of Ray `.options()` per actor. colocate reserves one bundle (a GPU and the CPUs)
+and puts the learner and every rollout worker in it, each with its fractional GPU share, so they are
+sure to share that GPU. split reserves one placement group of learner bundles and one of rollout
+bundles (strategy from config: PACK fills nodes, SPREAD spreads them), so rollout and learner GPUs
+are kept apart and may sit on different nodes. A restarted actor comes back in its own bundle.
+Reward workers (and a consensus scoring worker) need no bundle and go wherever Ray has room.
+
+A cluster that cannot hold the run stops it with one PlacementError that lists what each actor asks
+for and what the cluster has: checked before anything is reserved or started (actors/cluster_fit.py),
+and again once the actors are started, for one Ray still has not placed after placement.timeout_s
+(other jobs hold the room, or it is split over nodes): never left to look like a lost worker later.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +23,7 @@ from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.cluster_fit import Request, describe, problems
 from pipeline.config import Config
 from pipeline.errors import RlpostError
 
@@ -27,27 +34,74 @@ class PlacementError(RlpostError):
 
 @dataclass
 class Placement:
-    learners: list[dict[str, Any]]  # Ray actor options, one per learner
-    rollout: list[dict[str, Any]]  # one per rollout worker
+    requests: list[Request]  # what the run asks of the cluster
+    reward: list[dict[str, Any]]  # Ray actor options, one per reward worker
+    consensus: list[dict[str, Any]]  # the consensus scoring worker's, if it has one
+    learners: list[dict[str, Any]] = field(default_factory=list)  # one per learner
+    rollout: list[dict[str, Any]] = field(default_factory=list)  # one per rollout worker
     groups: list[PlacementGroup] = field(default_factory=list)
 
     def release(self) -> None:
         for group in self.groups:
             remove_placement_group(group)
 
+    def wait_until_placed(self, actors: dict[str, list[Any]], timeout_s: float) -> None:
+        """Return once Ray has given every actor (by role) a worker (its constructor may still run); raise
+        PlacementError if after timeout_s one still has none while the cluster reports demand it cannot meet."""
+        give_up = time.monotonic() + timeout_s
+        waiting = {f"{role} {i}": actor for role, handles in actors.items() for i, actor in enumerate(handles)}
+        while True:
+            waiting = {label: actor for label, actor in waiting.items() if _unplaced(actor)}
+            if not waiting:
+                return
+            if time.monotonic() >= give_up:
+                unmet = _unmet_demand()
+                if unmet is None:  # this Ray cannot say: the up-front check_fit stands alone
+                    return
+                if unmet:  # else they wait for a worker process (a runtime env being installed, say), not for room
+                    raise PlacementError(f"Ray has not placed {', '.join(waiting)} within {timeout_s:g}s (unmet demand "
+                                         f"{', '.join(unmet)}; free now {_free()}): {describe(self.requests, _nodes())}")
+            time.sleep(0.2)
+
+
+def demands(cfg: Config, learners: int) -> list[Request]:
+    """Every actor and placement group the run asks the cluster for, as plan() and ActorGroup ask for them."""
+    r, mode, strategy = cfg.rollout, cfg.placement.mode, cfg.placement.strategy
+    learner, worker = _bundle(_learner(cfg)), _bundle(_worker(cfg))
+    if mode == "cpu":
+        placed = [Request("learner", learner, learners), Request("rollout worker", worker, r.num_workers)]
+    elif mode == "colocate":
+        placed = [Request("colocate group (learners and rollout workers)", _colocated(cfg, learners), 1, "PACK")]
+    else:
+        placed = [Request("learner group", learner, learners, strategy), Request("rollout group", worker, r.num_workers, strategy)]
+    anywhere = [Request("reward worker", _bundle(_reward(cfg)), cfg.reward.num_workers),
+                Request("consensus worker", worker, len(_consensus(cfg)))]
+    return [request for request in placed + anywhere if request.count]
+
+
+def check_fit(requests: list[Request]) -> None:
+    """Raise PlacementError, before any actor starts, if the cluster can never hold the requests."""
+    nodes = _nodes()
+    found = problems(requests, nodes)
+    if found:
+        raise PlacementError(f"the cluster cannot hold this run ({'; '.join(found)}): {describe(requests, nodes)}")
+
 
 def plan(cfg: Config, learners: int) -> Placement:
-    r, t, mode = cfg.rollout, cfg.trainer, cfg.placement.mode
-    learner = {"num_cpus": t.cpus_per_learner, "num_gpus": t.gpus_per_learner}
-    worker = {"num_cpus": r.cpus_per_worker, "num_gpus": r.gpus_per_worker}
+    r, mode = cfg.rollout, cfg.placement.mode
+    learner, worker = _learner(cfg), _worker(cfg)
+    placement = Placement(demands(cfg, learners), [_reward(cfg) for _ in range(cfg.reward.num_workers)], _consensus(cfg))
+    if not cfg.placement.autoscaling:  # an autoscaling cluster adds nodes on demand: what exists now is no limit
+        check_fit(placement.requests)
     if mode == "cpu":
-        return Placement([dict(learner) for _ in range(learners)], [dict(worker) for _ in range(r.num_workers)])
+        placement.learners, placement.rollout = [dict(learner) for _ in range(learners)], [dict(worker) for _ in range(r.num_workers)]
+        return placement
     if mode == "colocate":
-        bundle = {"GPU": 1.0, "CPU": learners * t.cpus_per_learner + r.num_workers * r.cpus_per_worker}
-        group = _reserve("colocate", [bundle], "PACK", cfg.placement.timeout_s)
-        return Placement([_in(group, 0, learner) for _ in range(learners)],
-                         [_in(group, 0, worker) for _ in range(r.num_workers)], [group])
-    placement = Placement([], [])
+        group = _reserve("colocate", [_colocated(cfg, learners)], "PACK", cfg.placement.timeout_s)
+        placement.groups.append(group)
+        placement.learners = [_in(group, 0, learner) for _ in range(learners)]
+        placement.rollout = [_in(group, 0, worker) for _ in range(r.num_workers)]
+        return placement
     try:
         if learners:
             group = _reserve("learners", [_bundle(learner)] * learners, cfg.placement.strategy, cfg.placement.timeout_s)
@@ -62,8 +116,65 @@ def plan(cfg: Config, learners: int) -> Placement:
     return placement
 
 
+def _learner(cfg: Config) -> dict[str, Any]:
+    return {"num_cpus": cfg.trainer.cpus_per_learner, "num_gpus": cfg.trainer.gpus_per_learner}
+
+
+def _worker(cfg: Config) -> dict[str, Any]:
+    return {"num_cpus": cfg.rollout.cpus_per_worker, "num_gpus": cfg.rollout.gpus_per_worker}
+
+
+def _reward(cfg: Config) -> dict[str, Any]:
+    return {"num_cpus": cfg.reward.cpus_per_worker}
+
+
+def _consensus(cfg: Config) -> list[dict[str, Any]]:
+    """A separate consensus scoring model runs on a rollout-sized worker of its own, outside the groups."""
+    return [] if cfg.reward.consensus.model_path is None else [_worker(cfg)]
+
+
+def _colocated(cfg: Config, learners: int) -> dict[str, float]:
+    """colocate's one bundle: the GPU they share and the CPUs of them all."""
+    return {"GPU": 1.0, "CPU": learners * cfg.trainer.cpus_per_learner + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker}
+
+
 def _bundle(options: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in {"CPU": options["num_cpus"], "GPU": options["num_gpus"]}.items() if v}
+    return {k: v for k, v in {"CPU": options["num_cpus"], "GPU": options.get("num_gpus", 0.0)}.items() if v}
+
+
+def _nodes() -> dict[str, dict[str, float]]:
+    """Each live node's resources, by address (with its raylet's port: nodes may share a machine)."""
+    return {f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}": n["Resources"] for n in ray.nodes() if n["Alive"]}
+
+
+def _free() -> str:
+    free = ray.available_resources()
+    return ", ".join(f"{free.get(res, 0.0):g} {res}" for res in ("CPU", "GPU"))
+
+
+# Ray's public state API needs the dashboard, which a local Ray here does not start; its internal GCS
+# readers do not. They are read defensively: should a Ray release move them, the wait is skipped (the
+# up-front check_fit still stands) rather than the run broken.
+def _unplaced(actor: Any) -> bool:
+    """Ray has not given the actor a worker yet (its GCS record has no port)."""
+    try:
+        from ray._private import state
+
+        record = state.actors(actor._actor_id.hex())
+        return record["State"] in ("DEPENDENCIES_UNREADY", "PENDING_CREATION") and not record["Address"]["Port"]
+    except (ImportError, AttributeError, KeyError, TypeError):
+        return False
+
+
+def _unmet_demand() -> list[str] | None:
+    """The resource shapes the cluster has been asked for and cannot grant now (None: this Ray cannot say)."""
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        demand = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands.ray_task_actor_demand
+        return [f"{b.bundle} ×{b.count}" for d in demand for b in d.bundles_by_count]
+    except (ImportError, AttributeError):
+        return None
 
 
 def _in(group: PlacementGroup, index: int, options: dict[str, Any]) -> dict[str, Any]:

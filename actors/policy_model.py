@@ -171,18 +171,153 @@ def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id
     return ids.to(device), attention.to(device), response.to(device)
 
 
-def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float, with_entropy: bool = False):
-    """log pi(token_{t+1} | prefix) at the sampling temperature for every position (and entropy)."""
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision up to float32; float64 stays
-    logits = logits / (temperature if temperature > 0 else 1.0)
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+LOGIT_CHUNK_ELEMENTS = 2 ** 24  # vocabulary-sized rows per chunk: 64 MiB of float32 logits at a time
+
+
+def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float, with_entropy: bool = False,
+                   positions: torch.Tensor | None = None):
+    """log pi(token_{t+1} | prefix) at the sampling temperature (and the entropy there, as a detached metric).
+
+    Returns (B, L-1) tensors aligned with next-token prediction (position t predicts token t+1), filled
+    only at `positions` (a (B, L-1) mask; default: every real next token) and 0 elsewhere. The model runs
+    with its output head swapped out, so only the selected positions ever meet the vocabulary: their
+    log-probs are `logits[token] - logsumexp(logits)`, computed a chunk of rows at a time, and the
+    gradient needs no (tokens x vocabulary) tensor either (see `_HeadLogprobs`): memory is linear in
+    the sequence length. A plain callable (not a module with an output head) gets the logits path.
+    """
+    if positions is None:
+        positions = attention[:, 1:]
+    positions = positions.bool()
+    targets = ids[:, 1:][positions]
+    parts = _output_head(model)
+    if parts is None:  # a callable returning .logits (functional_call) or an exotic head: slice the logits
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
+        picked, entropy = _logprobs_of_logits(logits[positions], targets, temperature, with_entropy)
+    else:
+        base, name, head = parts
+        setattr(base, name, torch.nn.Identity())  # the model's "logits" are then its last hidden states
+        try:
+            hidden = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        finally:
+            setattr(base, name, head)
+        picked, entropy = _head_logprobs(head, hidden[:, :-1][positions], targets, temperature, with_entropy)
+    shape = positions.shape
+    logp = torch.zeros(shape, dtype=picked.dtype, device=picked.device).masked_scatter(positions, picked)
     if not with_entropy:
         return logp, None
-    detached = logp_all.detach()
-    entropy = -(detached.exp() * detached).sum(-1)
-    return logp, entropy
+    return logp, torch.zeros(shape, dtype=entropy.dtype, device=entropy.device).masked_scatter(positions, entropy)
+
+
+def _output_head(model):
+    """(causal LM, attribute name, head module) when the head can be split off the model, else None."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is None or getattr(base.config, "final_logit_softcapping", None) is not None:  # softcapping follows the head
+        return None
+    name = next((n for n, child in base.named_children() if child is head), None)
+    return None if name is None else (base, name, head)
+
+
+def _chunk_rows(vocab: int) -> int:
+    return max(1, LOGIT_CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Half precision up to float32 (float64 stays), divided by the temperature: exactly the sampling logits."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits / (temperature if temperature > 0 else 1.0)
+
+
+def _logprobs_of_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+    """Per-row log-prob of `targets` (and entropy) from (N, V) logits, a chunk at a time; differentiable."""
+    picked, entropies = [], []
+    for rows, tgt in zip(logits.split(_chunk_rows(logits.shape[-1])), targets.split(_chunk_rows(logits.shape[-1]))):
+        scaled = _scaled(rows, temperature)
+        lse = torch.logsumexp(scaled, dim=-1)
+        picked.append(scaled.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - lse)
+        if with_entropy:
+            entropies.append(_entropy(scaled.detach() - lse.detach().unsqueeze(-1)))
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    empty = logits.new_zeros(0, dtype=dtype)
+    return (torch.cat(picked) if picked else empty), ((torch.cat(entropies) if entropies else empty) if with_entropy else None)
+
+
+def _entropy(log_softmax: torch.Tensor) -> torch.Tensor:
+    """-sum p log p."""
+    return -(log_softmax.exp() * log_softmax).sum(-1)
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+    """Log-probs of `targets` under `head` applied to (N, H) hidden states, never holding (N, V) at once."""
+    frozen_linear = isinstance(head, torch.nn.Linear) and not head.weight.requires_grad and (
+        head.bias is None or not head.bias.requires_grad)
+    if frozen_linear:
+        logp, entropy = _HeadLogprobs.apply(hidden, head.weight, head.bias, targets, float(temperature), with_entropy)
+        return logp, (entropy if with_entropy else None)
+    # a trained head (LoRA on lm_head, modules_to_save): each chunk's logits are recomputed in the backward
+    from torch.utils.checkpoint import checkpoint
+
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else 1
+    grad = torch.is_grad_enabled()
+    picked, entropies = [], []
+    for rows, tgt in zip(hidden.split(_chunk_rows(vocab)), targets.split(_chunk_rows(vocab))):
+        run = lambda h, t: _logprobs_of_logits(head(h), t, temperature, with_entropy)  # noqa: E731
+        logp, entropy = checkpoint(run, rows, tgt, use_reentrant=False) if grad else run(rows, tgt)
+        picked.append(logp)
+        if with_entropy:
+            entropies.append(entropy.detach())
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    empty = hidden.new_zeros(0, dtype=dtype)
+    return (torch.cat(picked) if picked else empty), ((torch.cat(entropies) if entropies else empty) if with_entropy else None)
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """logp_i = log_softmax(z_i)[y_i], z_i = (h_i W^T + b) / T, for a frozen linear head, by chunks of rows.
+
+    The gradient with respect to h_i is (onehot(y_i) - softmax(z_i)) W / T: it does not depend on the
+    upstream gradient, so the forward computes it chunk by chunk (the same matmul the backward of the
+    plain path does) and keeps only that (N, H) tensor; the backward scales it by dloss/dlogp_i."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, with_entropy):
+        rows = hidden.shape[0]
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        logp = torch.empty(rows, dtype=dtype, device=hidden.device)
+        entropy = torch.empty(rows if with_entropy else 0, dtype=dtype, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        step = _chunk_rows(weight.shape[0])
+        for start in range(0, rows, step):  # in place where possible: about three (rows x vocabulary) buffers live at once
+            end = min(start + step, rows)
+            logits = torch.nn.functional.linear(hidden[start:end], weight, bias)
+            scaled = logits.to(dtype) if logits.dtype != dtype else logits
+            del logits
+            if temperature > 0:
+                scaled.div_(temperature)  # the same float division as _scaled
+            log_softmax = scaled.sub_(torch.logsumexp(scaled, dim=-1).unsqueeze(-1))  # z - logsumexp(z), in place
+            tgt = targets[start:end].unsqueeze(-1)
+            logp[start:end] = log_softmax.gather(-1, tgt).squeeze(-1)
+            probs = log_softmax.exp()
+            if with_entropy:  # -sum p log p, the dot products as one batched matmul (no product buffer)
+                entropy[start:end] = -torch.bmm(probs.unsqueeze(1), log_softmax.unsqueeze(2)).view(-1)
+            del scaled, log_softmax
+            if grad is not None:
+                coef = probs.neg_().scatter_add_(-1, tgt, torch.ones_like(tgt, dtype=probs.dtype))
+                if temperature > 0:
+                    coef.div_(temperature)
+                grad[start:end] = (coef.to(weight.dtype) @ weight).to(hidden.dtype)
+            del probs
+        ctx.mark_non_differentiable(entropy)
+        ctx.save_for_backward(grad)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None, None, None
+        return grad * grad_logp.unsqueeze(-1).to(grad.dtype), None, None, None, None, None
 
 
 def unpad(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:

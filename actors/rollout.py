@@ -8,6 +8,7 @@ from typing import Any
 from actors.policy_model import set_threads
 from pipeline.config import LoraSection
 from pipeline.data import encode_prompt
+from pipeline.hub import resolve_model
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 from actors.worker_pool import StaleWorker
 
@@ -28,10 +29,10 @@ def make_engine(backend: str, **kwargs: Any):
 
 class RolloutWorker:
     def __init__(self, model_path: str, dtype: str, lora: LoraSection | None, backend: str, cpus: float, gpus: float,
-                 engine_options: dict[str, Any] | None = None):
+                 engine_options: dict[str, Any] | None = None, revision: str | None = None):
         set_threads(cpus)
         self.backend = resolve_backend(backend)
-        self.engine = make_engine(self.backend, model_path=model_path, dtype=dtype, lora=lora, gpus=gpus,
+        self.engine = make_engine(self.backend, model_path=resolve_model(model_path, revision), dtype=dtype, lora=lora, gpus=gpus,
                                   **(engine_options or {}))
         self.version, self.uses_lora = -1, lora is not None
 

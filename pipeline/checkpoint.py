@@ -19,8 +19,11 @@ from pipeline.config import Config
 from pipeline.errors import RlpostError
 
 # Changing any of these makes a checkpoint's adapter or data cursor meaningless.
-COMPATIBILITY_KEYS = ("model.path", "model.tiny", "model.dtype", "lora", "data.sources", "data.files", "curriculum.name",
-                      "trainer.fsdp")
+# what a resumed run must share with its checkpoint: the weights' shape and meaning, and the prompts (as sampled and as shown)
+COMPATIBILITY_KEYS = ("model.path", "model.revision", "model.tiny", "model.dtype", "lora", "data.sources", "data.files",
+                      "data.dataset", "data.dataset_config", "data.train_split", "data.prompt_key", "data.answer_key",
+                      "data.source_key", "data.prompt_template", "data.system_prompt", "data.answer_format",
+                      "data.chat_template", "curriculum.name", "trainer.fsdp")
 
 
 class CheckpointError(RlpostError):
@@ -61,27 +64,47 @@ def save_checkpoint(run_dir: Path, learners: LearnerCheckpoints, state: DriverSt
     return final
 
 
-def find_checkpoint(run_dir: Path, resume: str) -> Path:
-    """`auto`: the latest complete checkpoint of run_dir; otherwise the given checkpoint directory."""
-    if resume != "auto":
-        path = Path(resume)
-        if not (path / "meta.json").exists():
-            raise CheckpointError(f"run.resume={resume!r} is not a checkpoint directory (no meta.json)")
-        return path
-    found = sorted((run_dir / "checkpoints").glob("step_*"))
-    if not found:
-        raise CheckpointError(f"run.resume=auto: no checkpoint under {run_dir / 'checkpoints'}")
-    return found[-1]
+def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint run.resume names, decided before Ray starts: none without run.resume; with `auto`,
+    run_dir's latest, or none on a first launch (a job a scheduler may restart is launched with `auto`
+    every time: the first launch starts from scratch and says so); a given path must be a checkpoint."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        latest = latest_checkpoint(run_dir)
+        if latest is None:
+            print(f"[rlpost] run.resume=auto: no checkpoint under {run_dir / 'checkpoints'} yet; starting from scratch",
+                  flush=True)
+        return latest
+    path = Path(resume)
+    missing = [name for name in ("meta.json", "config.yaml", "driver_state.pkl") if not (path / name).exists()]
+    if missing:
+        raise CheckpointError(f"run.resume={resume!r} is not a checkpoint directory (no {', '.join(missing)})")
+    return path
 
 
-def load_checkpoint(path: Path, learners: LearnerCheckpoints, cfg: Config) -> DriverState:
-    """Restore every learner rank from `path` (after checking the config is compatible); return the driver state."""
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """run_dir's latest complete checkpoint. One still being written is a hidden .tmp_ directory; one
+    without meta.json or config.yaml (a partial copy or sync of the run directory) is passed over, saying so."""
+    for path in sorted((run_dir / "checkpoints").glob("step_*"), reverse=True):
+        if all((path / name).exists() for name in ("meta.json", "config.yaml", "driver_state.pkl")):
+            return path
+        print(f"[rlpost] skipping incomplete checkpoint {path}", flush=True)
+    return None
+
+
+def check_compatible(path: Path, cfg: Config) -> None:
+    """Refuse (before Ray starts) a checkpoint written under a config this run cannot continue."""
     saved = yaml.safe_load((path / "config.yaml").read_text())
     current = cfg.model_dump()
     different = [key for key in COMPATIBILITY_KEYS if _lookup(saved, key) != _lookup(current, key)]
     if different:
         details = "; ".join(f"{k}: checkpoint {_lookup(saved, k)!r}, now {_lookup(current, k)!r}" for k in different)
         raise CheckpointError(f"checkpoint {path} was written under an incompatible config ({details})")
+
+
+def load_checkpoint(path: Path, learners: LearnerCheckpoints) -> DriverState:
+    """Restore every learner rank from `path` (checked by check_compatible); return the driver state."""
     learners.load(str(path))
     state = pickle.loads((path / "driver_state.pkl").read_bytes())
     return DriverState(**state) if isinstance(state, dict) else state  # checkpoints written before DriverState held a dict

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("config", help="YAML config file, e.g. configs/debug_cpu.yaml")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. trainer.lr=1e-4 rollout.n=8; resume=auto|PATH")
+    train.add_argument("--dry-run", action="store_true", help="validate, resolve model and data, show three prompts as the "
+                       "policy sees them, the placement and the learner's memory; start nothing")
     evaluate = commands.add_parser("eval", help="evaluate a run's final adapter, an adapter, or a model on held-out data")
     evaluate.add_argument("target", help="a run directory, a peft adapter directory, or a HF model directory")
     evaluate.add_argument("--config", help="config for an adapter or model target (default configs/debug_cpu.yaml)")
@@ -32,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("overrides", nargs="*")
     sub.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard / job API address")
     sub.add_argument("--no-wait", action="store_true", help="return after submitting instead of streaming the logs")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # overrides may also follow an option (`CONFIG --dry-run a.b=1`)
+    if any(e.startswith("-") or "=" not in e for e in extra) or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
         return COMMANDS[args.command](args)
     except RlpostError as err:  # a problem the user can fix: one line, never a traceback
@@ -43,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     overrides = [f"run.{o}" if o.startswith("resume=") else o for o in args.overrides]  # `resume=auto` for short
     cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        from pipeline.dry_run import dry_run
+
+        print(dry_run(cfg))
+        return 0
     from pipeline.train import train  # heavy imports only once the config is valid
 
     train(cfg)

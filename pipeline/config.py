@@ -39,7 +39,9 @@ class TinyModelConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str | None = Field(None, description="local Hugging Face causal-LM directory; empty = build the tiny model")
+    path: str | None = Field(None, description="Hugging Face causal LM: a local directory or a Hub id (org/name, fetched into "
+                             "the Hub cache, HF_HOME); empty = build the tiny model")
+    revision: str | None = Field(None, description="branch, tag or commit of a Hub id path; empty = main")
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field("float32", description="float64: for exactness checks (hf backend)")
     tiny: TinyModelConfig = TinyModelConfig()
 
@@ -47,16 +49,50 @@ class ModelConfig(Section):
 class DataConfig(Section):
     sources: list[str] = Field(
         default_factory=lambda: ["add_1d", "add_2d", "reverse_4", "sort_4"],
-        description="built-in synthetic task families (used when `files` is empty)",
+        description="built-in synthetic task families (used when neither `files` nor `dataset` is given)",
     )
     files: list[str] = Field(default_factory=list, description="JSONL / Parquet files or HF dataset directories")
     test_files: list[str] = Field(default_factory=list, description="held-out files; empty = split `files`")
+    dataset: str | None = Field(None, description="a Hugging Face dataset instead of `files`: a Hub id (e.g. openai/gsm8k) or "
+                                "anything datasets.load_dataset accepts; offline (HF_HUB_OFFLINE=1) it is read from the "
+                                "datasets cache under HF_HOME")
+    dataset_config: str | None = Field(None, description="config name of `dataset` (e.g. main); empty = its default")
+    train_split: str = Field("train", min_length=1, description="training split of `dataset`")
+    test_split: str | None = Field("test", description="held-out split of `dataset`; empty = split off from the training split")
     prompt_key: str = "prompt"
     answer_key: str = "answer"
-    source_key: str = "source"
+    source_key: str = Field("source", description="column naming each row's source; a `dataset` without it uses the dataset id")
+    prompt_template: str | None = Field(None, description="user prompt from the row's columns, str.format style, e.g. "
+                                        "'{question} Put the final answer after ####.'; empty = the `prompt_key` column")
+    system_prompt: str | None = Field(None, description="system message before the user prompt; with no chat template "
+                                      "(or chat_template=never) it is prepended to the prompt text, then a blank line")
+    answer_format: Literal["raw", "gsm8k", "boxed"] = Field("raw", description="how the label is read from the answer "
+                                                             "column: raw = as is, gsm8k = the number after '####', "
+                                                             "boxed = the last \\boxed{...}")
     train_per_source: int = Field(400, gt=0, description="synthetic train examples per source")
     test_per_source: int = Field(40, gt=0, description="synthetic (or split-off) test examples per source")
     chat_template: Literal["auto", "never"] = Field("auto", description="apply the tokenizer's chat template when it has one")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _named_fields(cls, template: str | None) -> str | None:
+        import string
+
+        if template is not None:
+            try:
+                names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+            except ValueError as err:  # a lone brace; literal braces are written {{ }}
+                raise ValueError(f"not a str.format template ({err}); write literal braces as {{{{ and }}}}") from None
+            if any(not name or name[0].isdigit() or "." in name or "[" in name for name in names):
+                raise ValueError("fields must name columns, e.g. {question}, not {}, {0}, {q.attr} or {q[0]}")
+        return template
+
+    @model_validator(mode="after")
+    def _one_kind_of_data(self) -> "DataConfig":
+        if self.dataset and (self.files or self.test_files):
+            raise ValueError("data.dataset and data.files/test_files cannot be combined: give one (to mix a Hub dataset "
+                             "with local files, save it to Parquet and list it in data.files)")
+        return self
 
 
 class RolloutConfig(Section):
@@ -97,6 +133,15 @@ class RewardComponent(Section):
 
         resolve_reward(name)  # unknown names and failing imports stop the run here, naming the key
         return name
+
+    @field_validator("args")
+    @classmethod
+    def _known_extraction(cls, args: dict[str, Any]) -> dict[str, Any]:
+        from rewards.answers import ANSWER_FORMATS
+
+        if "extract" in args and args["extract"] not in ANSWER_FORMATS:
+            raise ValueError(f"args.extract={args['extract']!r} is not an answer format; use one of {', '.join(ANSWER_FORMATS)}")
+        return args
 
 
 class UnlikelinessConfig(Section):
@@ -236,6 +281,13 @@ class TrainerConfig(Section):
     prompts_per_step: int = Field(16, gt=0, description="prompts per step (B); samples = B * rollout.n")
     minibatch_size: int = Field(64, gt=0, description="samples per optimizer step")
     micro_batch_size: int = Field(64, gt=0, description="samples per forward/backward (gradient accumulation)")
+    max_tokens_per_micro_batch: int | None = Field(None, gt=0, description="form micro-batches by a token budget instead "
+                                                   "of micro_batch_size: samples sorted by length, packed while samples x "
+                                                   "longest prompt+completion stays within it (a longer sample goes alone), "
+                                                   "each padded only to its own longest; gradients are unchanged")
+    gradient_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in the backward "
+                                         "(non-reentrant): activation memory drops to about one layer's, at ~1 extra "
+                                         "forward of compute per update")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, in optimizer steps")
@@ -300,7 +352,11 @@ class PlacementConfig(Section):
                                                       "of rollout GPUs and learner GPUs, across nodes")
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="split: Ray placement-group strategy of each group's bundles")
-    timeout_s: float = Field(120.0, gt=0, description="how long to wait for the cluster to grant the placement groups")
+    timeout_s: float = Field(120.0, gt=0, description="how long to wait for the cluster to grant the placement groups "
+                             "and to place every actor")
+    autoscaling: bool = Field(False, description="the cluster adds nodes on demand (KubeRay, the Ray autoscaler): skip "
+                              "the checks that the nodes present now hold the run and place every actor within timeout_s "
+                              "(placement groups still wait timeout_s: raise it to cover node start-up)")
 
 
 class RunConfig(Section):
@@ -391,11 +447,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+        _set_dotted(raw, key.strip(), _override_value(value, _is_text(key.strip())))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
+
+
+def _override_value(text: str, is_text: bool) -> Any:
+    """An override's value parsed as YAML (numbers, lists, null). A text option takes the text as given
+    (YAML would cut 'Answer after #### ...' at its comment and read '{question}' as a mapping), unless
+    quoted or null; text YAML cannot parse stays the string it is."""
+    if not text.strip():
+        return None
+    if is_text and text.strip() not in ("null", "~") and not text.lstrip().startswith(("'", '"')):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _is_text(dotted: str) -> bool:
+    """Whether the option at `dotted` holds text (str or str | None)."""
+    *parents, leaf = dotted.split(".")
+    model: type[BaseModel] = Config
+    for part in parents:
+        annotation = getattr(model.model_fields.get(part), "annotation", None)
+        if not _is_section(annotation):
+            return False
+        model = annotation
+    field = model.model_fields.get(leaf) or next((f for f in model.model_fields.values() if f.alias == leaf), None)
+    return field is not None and field.annotation in (str, str | None)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,4 +1,5 @@
-"""Training and test rows: built-in synthetic sources or user files (JSONL, Parquet, HF dataset dir).
+"""Training and test rows: built-in synthetic sources, user files (JSONL, Parquet, HF dataset dir)
+or a Hugging Face dataset (`data.dataset`, a Hub id, loaded through datasets.load_dataset).
 
 A malformed row, a missing column or an empty source stops the run with the file, the row and
 the problem, before any actor starts.
@@ -6,6 +7,7 @@ the problem, before any actor starts.
 from __future__ import annotations
 
 import json
+import string
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from pipeline.config import Config, DataConfig
 from pipeline.errors import RlpostError
 from pipeline.records import Prompt
 from pipeline.tasks import generate_split
+from rewards.answers import ANSWER_FORMATS, extract_answer
 
 
 class DataError(RlpostError, ValueError):
@@ -31,14 +34,15 @@ class Row:
 
 def load_rows(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Row]], dict[str, list[Row]]]:
     """Train and test rows grouped by source name."""
-    if not cfg.files:
-        return _synthetic(cfg, seed)
-    train = _group(row for f in cfg.files for row in read_file(Path(f), cfg))
-    if cfg.test_files:
-        test = _group(row for f in cfg.test_files for row in read_file(Path(f), cfg))
+    if cfg.dataset:
+        train_rows, test_rows = read_dataset(cfg)
+        train, test = _group(train_rows), None if test_rows is None else _group(test_rows)
+    elif cfg.files:
+        train = _group(row for f in cfg.files for row in read_file(Path(f), cfg))
+        test = _group(row for f in cfg.test_files for row in read_file(Path(f), cfg)) if cfg.test_files else None
     else:
-        train, test = _split_off_test(train, cfg.test_per_source)
-    return train, test
+        return _synthetic(cfg, seed)
+    return (train, test) if test is not None else _split_off_test(train, cfg.test_per_source)
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> tuple[dict[str, list[Row]], dict[str, list[Row]]]:
@@ -83,9 +87,45 @@ def read_file(path: Path, cfg: DataConfig) -> list[Row]:
         where = "line"
     else:
         raise DataError(f"{path}: unsupported format (use .jsonl, .parquet or a Hugging Face dataset directory)")
-    rows = [_to_row(rec, cfg, f"{path}, {where} {n}") for n, rec in records]
+    return _rows(records, cfg, str(path), where)
+
+
+def read_dataset(cfg: DataConfig) -> tuple[list[Row], list[Row] | None]:
+    """Rows of data.train_split and (unless data.test_split is empty) data.test_split of data.dataset.
+    Rows without a source column get the dataset id as their source."""
+    splits = _load_dataset(cfg)
+    for split in filter(None, (cfg.train_split, cfg.test_split)):
+        if split not in splits:
+            hint = " (or set data.test_split='' to hold out rows of the training split)" if split == cfg.test_split else ""
+            raise DataError(f"data.dataset {cfg.dataset!r}: no split {split!r}; it has {sorted(splits)}{hint}")
+
+    def rows(split: str) -> list[Row]:
+        return _rows(enumerate(splits[split]), cfg, f"{cfg.dataset}, {split} split", "row", default_source=cfg.dataset)
+
+    return rows(cfg.train_split), rows(cfg.test_split) if cfg.test_split else None
+
+
+def _load_dataset(cfg: DataConfig):
+    """All splits of data.dataset; datasets.load_dataset reads HF_HOME and HF_HUB_OFFLINE / HF_DATASETS_OFFLINE."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.dataset, cfg.dataset_config)
+    except Exception as err:  # datasets raises many types: unreachable Hub, unknown id or config, not cached
+        name = repr(cfg.dataset) + (f" (config {cfg.dataset_config!r})" if cfg.dataset_config else "")
+        hint = ""
+        if datasets.config.HF_HUB_OFFLINE or isinstance(err, ConnectionError):
+            args = ", ".join(repr(a) for a in (cfg.dataset, cfg.dataset_config) if a)
+            hint = (f"; without the Hub it must be in the datasets cache ({datasets.config.HF_DATASETS_CACHE}): fetch it once "
+                    f"with network access (HF_HUB_OFFLINE unset) and the same HF_HOME, e.g. python -c \"import datasets; "
+                    f"datasets.load_dataset({args})\"")
+        raise DataError(f"data.dataset {name}: cannot load it ({type(err).__name__}: {err}){hint}") from None
+
+
+def _rows(records, cfg: DataConfig, name: str, where: str, default_source: str | None = None) -> list[Row]:
+    rows = [_to_row(rec, cfg, f"{name}, {where} {n}", default_source) for n, rec in records]
     if not rows:
-        raise DataError(f"{path}: contains no rows")
+        raise DataError(f"{name}: contains no rows")
     return rows
 
 
@@ -128,21 +168,43 @@ def _hf_dataset_records(path: Path):
     yield from enumerate(ds, start=0)
 
 
-def _to_row(record: Any, cfg: DataConfig, where: str) -> Row:
+def _to_row(record: Any, cfg: DataConfig, where: str, default_source: str | None = None) -> Row:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with columns, got {type(record).__name__}")
-    missing = [k for k in (cfg.prompt_key, cfg.answer_key, cfg.source_key) if k not in record]
+    required = [k for k, needed in ((cfg.prompt_key, not cfg.prompt_template), (cfg.answer_key, True),
+                                    (cfg.source_key, default_source is None)) if needed]
+    missing = [k for k in required if k not in record]
     if missing:
         raise DataError(f"{where}: missing column(s) {missing}; present: {sorted(record)}")
-    prompt, answer, source = record[cfg.prompt_key], record[cfg.answer_key], record[cfg.source_key]
+    prompt = _render(cfg.prompt_template, record, where) if cfg.prompt_template else record[cfg.prompt_key]
+    answer, source = record[cfg.answer_key], record.get(cfg.source_key, default_source)
     if not _is_prompt(prompt):
-        raise DataError(f"{where}: column {cfg.prompt_key!r} must be a non-empty string or a list of chat messages")
+        origin = "data.prompt_template" if cfg.prompt_template else f"column {cfg.prompt_key!r}"
+        raise DataError(f"{where}: {origin} must give a non-empty string or a list of chat messages")
     if answer is None or isinstance(answer, (dict, list)):
         raise DataError(f"{where}: column {cfg.answer_key!r} must be a string or number, got {answer!r}")
     if not isinstance(source, str) or not source:
         raise DataError(f"{where}: column {cfg.source_key!r} must be a non-empty string, got {source!r}")
+    label = extract_answer(str(answer), cfg.answer_format)
+    if label is None:
+        raise DataError(f"{where}: column {cfg.answer_key!r} has no {ANSWER_FORMATS[cfg.answer_format]} final answer "
+                        f"(data.answer_format={cfg.answer_format}): ...{str(answer)[-80:]!r}")
     extra = {k: v for k, v in record.items() if k not in (cfg.prompt_key, cfg.answer_key, cfg.source_key)}
-    return Row(source, prompt, str(answer), extra)
+    return Row(source, prompt, label, extra)
+
+
+def _render(template: str, record: dict[str, Any], where: str) -> str:
+    """data.prompt_template filled from the row's columns; a null one is a missing value, not the text 'None'.
+    Its fields are plain column names (config checks it)."""
+    for name in (name for _, name, _, _ in string.Formatter().parse(template) if name is not None):
+        if name not in record:
+            raise DataError(f"{where}: data.prompt_template needs column {name!r}; present: {sorted(record)}")
+        if record[name] is None:
+            raise DataError(f"{where}: column {name!r} has no value (null), and data.prompt_template needs it")
+    try:
+        return template.format_map(record)
+    except (KeyError, TypeError, ValueError) as err:  # a format spec that misfits ({n:d} on text) or names no column
+        raise DataError(f"{where}: data.prompt_template cannot be filled from this row ({err})") from None
 
 
 def _is_prompt(prompt: Any) -> bool:
@@ -164,17 +226,35 @@ def columnar(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return dict(columns)
 
 
-def prompt_text(row: Row, tokenizer: Any, chat_template: str) -> tuple[str, bool]:
-    """The exact text the policy sees, and whether a chat template made it (chat messages always do)."""
+def prompt_text(row: Row, tokenizer: Any, chat_template: str, system_prompt: str | None = None) -> tuple[str, bool]:
+    """The exact text the policy sees, and whether a chat template made it (chat messages always do).
+
+    A system prompt goes before the user message as a system message; without a chat template
+    it is prepended to the plain text, then a blank line, as base models read an instruction.
+    """
     has_template = getattr(tokenizer, "chat_template", None) is not None
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     if isinstance(row.prompt, list):
         if not has_template:
             raise DataError(f"source {row.source!r}: chat-style prompts need a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(row.prompt, tokenize=False, add_generation_prompt=True), True
+        if system and row.prompt[0]["role"] == "system":
+            raise DataError(f"source {row.source!r}: a row's messages already start with a system message, so "
+                            "data.system_prompt would add a second one; drop one of them")
+        return _apply_chat_template(tokenizer, system + row.prompt, row.source), True
     if has_template and chat_template == "auto":
-        messages = [{"role": "user", "content": row.prompt}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-    return row.prompt, False
+        return _apply_chat_template(tokenizer, [*system, {"role": "user", "content": row.prompt}], row.source), True
+    return (f"{system_prompt}\n\n{row.prompt}" if system_prompt else row.prompt), False
+
+
+def _apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], source: str) -> str:
+    """The rendered chat; a template's refusal (e.g. Gemma's and older Mistral's of a system message) is a DataError."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as err:
+        raise DataError(f"source {source!r}: the chat template cannot render these messages ({err}); if it refuses the "
+                        "system role, drop data.system_prompt or set data.chat_template=never") from None
 
 
 def encode_prompt(tokenizer: Any, text: str, templated: bool) -> list[int]:
@@ -190,13 +270,13 @@ def load_prompts(cfg: Config, tokenizer: Any) -> tuple[dict[str, list[Prompt]], 
     """Train and test prompts per source, tokenized exactly as the policy will see them."""
     train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
     if not train_rows:
-        raise DataError("no training rows: give data.sources or data.files")
+        raise DataError("no training rows: give data.sources, data.files or data.dataset")
 
     def encode(row: Row) -> Prompt:
-        text, templated = prompt_text(row, tokenizer, cfg.data.chat_template)
+        text, templated = prompt_text(row, tokenizer, cfg.data.chat_template, cfg.data.system_prompt)
         question = row.prompt if isinstance(row.prompt, str) else row.prompt[-1]["content"]
-        columns = {"answer": row.answer, "source": row.source, "prompt": text, "prompts": row.prompt, "question": question,
-                   **row.fields}
+        columns = {**row.fields, "answer": row.answer, "source": row.source, "prompt": text, "prompts": row.prompt,
+                   "question": question}  # the computed ones win over same-named dataset columns
         return Prompt(row.source, encode_prompt(tokenizer, text, templated), columns)
 
     return ({s: [encode(r) for r in rows] for s, rows in train_rows.items()},

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.data import load_prompts
+from pipeline.hub import resolve_model
 from pipeline.records import Completion, Group, Prompt, SamplingSpec
 from pipeline.step_batch import RolloutActors, reward_inputs
 
@@ -44,13 +45,14 @@ def evaluate(actors: RolloutActors, test: dict[str, list[Prompt]], cfg: Config, 
 
 
 def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dict[str, dict[str, float]]:
-    """Evaluate a saved adapter (or a bare model) on the config's test split, through the rollout workers."""
+    """Evaluate a saved adapter (or a bare model) on the config's test split, through the rollout workers;
+    `base_path` is a local directory or a Hub id (at model.revision)."""
     from peft.utils import load_peft_weights
 
     from actors.group import ActorGroup, init_ray
     from actors.policy_model import load_tokenizer
 
-    _, test = load_prompts(cfg, load_tokenizer(base_path))
+    _, test = load_prompts(cfg, load_tokenizer(resolve_model(base_path, cfg.model.revision)))  # before Ray, like a run
     cfg.rollout.weight_sync = "adapter"  # a saved adapter is served as one, whatever the run synced
     init_ray(cfg)
     actors = ActorGroup(cfg, base_path, with_learner=False)

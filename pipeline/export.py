@@ -8,6 +8,7 @@ import yaml
 
 from pipeline.config import Config, load_config
 from pipeline.errors import RlpostError
+from pipeline.hub import resolve_model
 from pipeline.tiny_model import ensure_tiny_model
 
 
@@ -23,11 +24,12 @@ def run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
 
 
 def base_model_path(cfg: Config) -> str:
+    """model.path (a local directory or a Hub id, resolved where it is loaded), else the tiny model's directory."""
     return cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
 
 
 def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tuple[Config, str, Path | None]:
-    """(config, base model path, adapter dir or None) for a run directory, an adapter, or a full model."""
+    """(config, base model path or Hub id, adapter dir or None) for a run directory, an adapter, or a full model."""
     target = Path(target)
     if (target / "config.yaml").exists():
         cfg = run_config(target, overrides)
@@ -50,7 +52,7 @@ def export_merged(run_dir: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = run_config(run_dir)
-    base_path = base_model_path(cfg)
+    base_path = resolve_model(base_model_path(cfg), cfg.model.revision)
     adapter = Path(run_dir) / "final_adapter"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(adapter))
     merged = model.merge_and_unload()

@@ -22,11 +22,12 @@ from actors.policy_model import layout_of, load_tokenizer
 from curricula import PromptSampler, make_sampler
 from pipeline.advantages import compute_advantages, curriculum_feed, learnable_indices, trained_indices
 from pipeline.batch_checks import SpecialTokens, check_completions, special_tokens
-from pipeline.checkpoint import CheckpointError, DriverState, find_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import DriverState, check_compatible, find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.config import Config
 from pipeline.data import load_prompts
 from pipeline.errors import RlpostError
 from pipeline.evaluation import evaluate
+from pipeline.hub import resolve_model, resolved_commit
 from pipeline.records import Prompt, SamplingSpec
 from pipeline.step_batch import StepBatch, collect, train_batch
 from pipeline.timing import PhaseTimer
@@ -53,34 +54,47 @@ class CurriculumError(RlpostError):
 def train(cfg: Config) -> dict[str, Any]:
     run_dir = _prepare_run_dir(cfg)
     _seed_everything(cfg.run.seed)
-    model_path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
+    model, model_path, checkpoint = resolve_inputs(cfg)
     tokenizer = load_tokenizer(model_path)
     train_prompts, test_prompts = load_prompts(cfg, tokenizer)
     special = special_tokens(tokenizer, model_path)
     sampler = _sampler(cfg, train_prompts)
     init_ray(cfg)
-    actors = ActorGroup(cfg, model_path)
+    actors = ActorGroup(cfg, model)  # each actor resolves it again, on its own node
     try:
         with StopRequest() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollouts") as background:
-            return _train(cfg, run_dir, actors, sampler, train_prompts, test_prompts, special, stop, background)
+            return _train(cfg, run_dir, checkpoint, actors, sampler, train_prompts, test_prompts, special, stop, background)
     except LearnerDied as err:
         raise LearnerDied(f"{err}; {_resume_hint(run_dir)}") from err
     finally:
         actors.shutdown()  # also when the run stops on an error: no actor outlives it
 
 
-def _train(cfg: Config, run_dir: Path, actors: ActorGroup, sampler: PromptSampler, train_prompts: Prompts, test_prompts: Prompts,
-           special: SpecialTokens, stop: StopRequest, background: ThreadPoolExecutor) -> dict[str, Any]:
-    state, checkpoint = _restore(cfg, run_dir, actors, sampler)
+def resolve_inputs(cfg: Config) -> tuple[str, str, Path | None]:
+    """The model as configured and as a directory on this node, and the checkpoint to resume from: decided
+    before Ray starts, so a model this node cannot get or a checkpoint this run cannot continue stops it here."""
+    model = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
+    model_path = resolve_model(model, cfg.model.revision)
+    cfg.model.revision = resolved_commit(model, model_path) or cfg.model.revision  # every actor loads this very commit
+    checkpoint = find_checkpoint(Path(cfg.run.dir), cfg.run.resume)
+    if checkpoint:
+        check_compatible(checkpoint, cfg)
+    return model, model_path, checkpoint
+
+
+def _train(cfg: Config, run_dir: Path, checkpoint: Path | None, actors: ActorGroup, sampler: PromptSampler,
+           train_prompts: Prompts, test_prompts: Prompts, special: SpecialTokens, stop: StopRequest,
+           background: ThreadPoolExecutor) -> dict[str, Any]:
+    state = _restore(cfg, checkpoint, actors, sampler)
     if cfg.lora.init == "eva":  # the adapter's per-layer shape comes from EVA, or from the checkpoint
         layout = layout_of(checkpoint / "adapter") if checkpoint else _eva_layout(cfg, actors, train_prompts)
         actors.reshape_lora(layout)
         (run_dir / "lora_layout.json").write_text(json.dumps(layout, indent=2))
-    tracker = Tracker(cfg, run_dir, resume_step=state.step if cfg.run.resume else None, wandb_id=state.wandb_id)
+    tracker = Tracker(cfg, run_dir, resume_step=state.step if checkpoint else None, wandb_id=state.wandb_id)
     (run_dir / "placement.json").write_text(json.dumps(actors.where(), indent=2))
     probe = _probe(train_prompts)
     actors.sync(state.step, probe)
-    if cfg.eval.before and not cfg.run.resume:
+    if cfg.eval.before and not checkpoint:
         state.before = _evaluate(actors, test_prompts, cfg, sampler, tracker, step=0)
 
     def collect_step(step: int) -> StepBatch:
@@ -161,10 +175,10 @@ def _sampler(cfg: Config, train_prompts: Prompts) -> PromptSampler:
 
 
 def _resume_hint(run_dir: Path) -> str:
-    try:
-        return f"the latest checkpoint is {find_checkpoint(run_dir, 'auto')} (continue with resume=auto)"
-    except CheckpointError:
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
         return "no checkpoint was written yet (set run.checkpoint_every)"
+    return f"the latest checkpoint is {latest} (continue with resume=auto)"
 
 
 class StopRequest:
@@ -185,15 +199,13 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def _restore(cfg: Config, run_dir: Path, actors: ActorGroup, sampler: PromptSampler) -> tuple[DriverState, Path | None]:
-    """The driver state to start from, and the checkpoint it came from (run.resume), with the learner and
-    the sampler restored to it."""
-    checkpoint = find_checkpoint(run_dir, cfg.run.resume) if cfg.run.resume else None
+def _restore(cfg: Config, checkpoint: Path | None, actors: ActorGroup, sampler: PromptSampler) -> DriverState:
+    """The driver state to start from, with the learner and the sampler restored to the checkpoint (if any)."""
     if checkpoint is None:
-        return DriverState(), None
-    state = load_checkpoint(checkpoint, actors, cfg)
+        return DriverState()
+    state = load_checkpoint(checkpoint, actors)
     sampler.load_state_dict(state.sampler)
-    return state, checkpoint
+    return state
 
 
 def _eva_layout(cfg: Config, actors: ActorGroup, train_prompts: Prompts) -> dict[str, Any]:

@@ -1,12 +1,18 @@
 """Answer verifiers and shaping components. Each is a TRL-style reward function: completions and
-row columns (as keyword lists) in, one float per completion out; extra options come from config."""
+row columns (as keyword lists) in, one float per completion out; extra options come from config.
+
+The answer verifiers take `extract` (raw | gsm8k | boxed, see rewards/answers.py): the rule that
+reads the final answer out of a completion first; a completion without one scores 0."""
 from __future__ import annotations
 
 import math
 import re
 import string
 
+from rewards.answers import extract_answer
+
 _NUMBER = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
+_MATH_MODE = re.compile(r"(?<!\\)\$")
 _CHOICE_PATTERNS = [
     re.compile(r"answer\s*(?:is|:)?\s*\(?([A-Z])\)?\b", re.IGNORECASE),
     re.compile(r"\(([A-Z])\)"),
@@ -24,43 +30,52 @@ def normalize(text: str, lowercase: bool = True, strip_punctuation: bool = False
     return text
 
 
+def _finals(completions: list[str], extract: str) -> list[str | None]:
+    return [extract_answer(c, extract) for c in completions]
+
+
 def exact_match(completions: list[str], answer: list[str], lowercase: bool = True, strip_punctuation: bool = False,
-                **_: list) -> list[float]:
-    """1.0 when the completion equals the reference answer after `normalize`, else 0.0."""
-    return [float(normalize(c, lowercase, strip_punctuation) == normalize(a, lowercase, strip_punctuation))
-            for c, a in zip(completions, answer, strict=True)]
+                extract: str = "raw", **_: list) -> list[float]:
+    """1.0 when the (extracted) answer equals the reference answer after `normalize`, else 0.0."""
+    return [float(c is not None and normalize(c, lowercase, strip_punctuation) == normalize(a, lowercase, strip_punctuation))
+            for c, a in zip(_finals(completions, extract), answer, strict=True)]
 
 
 def numeric_match(completions: list[str], answer: list[str], rel_tol: float = 1e-6, abs_tol: float = 1e-9,
-                  **_: list) -> list[float]:
-    """1.0 when the last number in the completion equals the reference number within tolerance."""
+                  extract: str = "raw", **_: list) -> list[float]:
+    """1.0 when the last number in the (extracted) answer equals the reference number within tolerance."""
     scores = []
-    for completion, reference in zip(completions, answer, strict=True):
-        found = _NUMBER.findall(completion.replace(",", ""))
+    for completion, reference in zip(_finals(completions, extract), answer, strict=True):
+        found = _NUMBER.findall((completion or "").replace(",", ""))
         expected = _NUMBER.findall(str(reference).replace(",", ""))
         ok = bool(found and expected) and math.isclose(float(found[-1]), float(expected[-1]), rel_tol=rel_tol, abs_tol=abs_tol)
         scores.append(float(ok))
     return scores
 
 
-def math_equivalence(completions: list[str], answer: list[str], **_: list) -> list[float]:
+def math_equivalence(completions: list[str], answer: list[str], extract: str = "raw", **_: list) -> list[float]:
     """1.0 when math-verify finds the completion's final answer equivalent to the reference.
 
-    Handles LaTeX (\\boxed{}, \\frac, sets, intervals) and plain answers. math-verify's own
-    signal-based timeouts are off: the scorer bounds every call itself.
+    Handles LaTeX (\\boxed{}, \\frac, sets, intervals) and plain answers. With extract=raw
+    math-verify finds the completion's final answer itself; an extracted one, and a reference
+    without '$', are read whole as the answer (see _as_latex).
+    math-verify's own signal-based timeouts are off: the scorer bounds every call itself.
     """
     from math_verify import parse, verify
 
     scores = []
-    for completion, reference in zip(completions, answer, strict=True):
+    for completion, final, reference in zip(completions, _finals(completions, extract), answer, strict=True):
         gold = parse(_as_latex(str(reference)), parsing_timeout=None)
-        pred = parse(completion, parsing_timeout=None)
+        pred = [] if final is None else parse(completion if extract == "raw" else _as_latex(final), parsing_timeout=None)
         scores.append(float(bool(gold) and bool(pred) and verify(gold, pred, timeout_seconds=None)))
     return scores
 
 
-def _as_latex(reference: str) -> str:
-    return reference if "$" in reference or "\\" in reference else f"${reference}$"
+def _as_latex(answer: str) -> str:
+    """A bare answer (a \\boxed{} label like \\dfrac{3}{4}, or 0.5) as $\\boxed{...}$, so math-verify reads all of it as
+    the answer; unwrapped, it misreads bare LaTeX (\\pi as nothing, 3\\sqrt{2} as 3). Text with a math-mode '$' (not
+    an escaped \\$ as in \\$18.90) is LaTeX already."""
+    return answer if _MATH_MODE.search(answer) else f"$\\boxed{{{answer}}}$"
 
 
 def multiple_choice(completions: list[str], answer: list[str], **_: list) -> list[float]:

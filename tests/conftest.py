@@ -1,8 +1,19 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("WANDB_SILENT", "true")
+# The suite runs offline against a Hugging Face home of its own, set before huggingface_hub or datasets
+# is imported and so inherited by every Ray worker the session starts: a Hub id resolves only from the
+# caches tests build there (tests/hub_cache.py), never from the network or the machine's own cache.
+HF_HOME = tempfile.mkdtemp(prefix="rlpost-test-hf-home-")
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
+os.environ.update(HF_HOME=HF_HOME, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+os.environ.pop("HF_DATASETS_CACHE", None)
+os.environ.pop("HF_HUB_CACHE", None)
 
 
 def pytest_collection_modifyitems(config, items):

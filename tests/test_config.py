@@ -74,3 +74,28 @@ def test_cli_help_lists_every_section(capsys):
     out = capsys.readouterr().out
     for key in ("model.path", "rollout.n", "trainer.lr", "lora.rank", "algorithm.kl_coef", "run.seed", "curriculum.name"):
         assert key in out
+
+
+def test_an_override_yaml_cannot_parse_stays_text():
+    cfg = load_config(None, ["data.prompt_template={question} Answer after ####:"])
+    assert cfg.data.prompt_template == "{question} Answer after ####:"
+
+
+def test_an_unknown_answer_extraction_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"args.extract='gsm'.*raw, gsm8k, boxed"):
+        load_config(None, ["reward.components=[{name: numeric, args: {extract: gsm}}]"])
+
+
+def test_a_text_override_is_taken_as_given():
+    cfg = load_config(None, ["data.system_prompt=Be brief - end with #### and the number", "data.prompt_template={question}",
+                             "data.dataset='org/name'", "model.path=null"])
+    assert cfg.data.system_prompt == "Be brief - end with #### and the number"  # YAML would cut it at ' #'
+    assert cfg.data.prompt_template == "{question}" and cfg.data.dataset == "org/name" and cfg.model.path is None
+
+
+def test_options_may_come_before_the_overrides(monkeypatch, capsys):
+    import pipeline.dry_run
+
+    monkeypatch.setattr(pipeline.dry_run, "dry_run", lambda cfg: f"steps={cfg.trainer.steps}")
+    assert main(["train", "configs/debug_cpu.yaml", "--dry-run", "trainer.steps=3"]) == 0
+    assert capsys.readouterr().out == "steps=3\n"

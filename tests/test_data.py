@@ -87,3 +87,99 @@ def test_bad_parquet_row_names_the_row(tmp_path):
     datasets.Dataset.from_dict({"prompt": ["a", ""], "answer": ["1", "2"], "source": ["s", "s"]}).to_parquet(str(tmp_path / "p.parquet"))
     with pytest.raises(DataError, match=r"p.parquet, row 1: column 'prompt'"):
         load_rows(DataConfig(files=[str(tmp_path / "p.parquet")]), seed=0)
+
+
+def test_prompt_template_and_answer_format(tmp_path):
+    rows = [{"question": f"q{i}", "unit": "km", "answer": f"work\n#### {i},234", "source": "s"} for i in range(5)]
+    cfg = DataConfig(files=[_jsonl(tmp_path / "t.jsonl", rows)], prompt_template="{question} (in {unit})\nEnd with ####.",
+                     answer_format="gsm8k")
+    train, _ = load_rows(cfg, seed=0)
+    row = train["s"][0]
+    assert (row.prompt, row.answer) == ("q1 (in km)\nEnd with ####.", "1234")  # row 0 is held out as test
+    assert row.fields == {"question": "q1", "unit": "km"}
+
+
+def test_missing_template_column_names_row_and_column(tmp_path):
+    path = _jsonl(tmp_path / "t.jsonl", [{"question": "q", "hint": "h", "answer": "1", "source": "s"},
+                                         {"question": "q", "answer": "1", "source": "s"}])
+    with pytest.raises(DataError, match=r"t.jsonl, line 2: data.prompt_template needs column 'hint'"):
+        load_rows(DataConfig(files=[path], prompt_template="{question} {hint}"), seed=0)
+
+
+def test_null_template_column_names_row_and_column(tmp_path):
+    path = _jsonl(tmp_path / "n.jsonl", [{"question": "q", "hint": "h", "answer": "1", "source": "s"},
+                                         {"question": "q", "hint": None, "answer": "1", "source": "s"}])
+    with pytest.raises(DataError, match=r"n.jsonl, line 2: column 'hint' has no value \(null\)"):
+        load_rows(DataConfig(files=[path], prompt_template="{question} {hint}"), seed=0)
+
+
+def test_computed_columns_win_over_same_named_dataset_columns(tmp_path):
+    """Reward functions get the extracted label and the real source, whatever extra columns a dataset has."""
+    from pipeline.config import Config
+    from pipeline.data import load_prompts
+
+    rows = [{"problem": f"p{i}", "solution": f"so $\\boxed{{{i}}}$", "type": "Algebra", "answer": "stale",
+             "source": "other", "prompt": "x", "question": "y", "level": 3} for i in range(5)]
+    cfg = Config(data=DataConfig(files=[_jsonl(tmp_path / "m.jsonl", rows)], prompt_key="problem", answer_key="solution",
+                                 source_key="type", answer_format="boxed", chat_template="never"))
+    train, _ = load_prompts(cfg, _PlainTokenizer())
+    columns = train["Algebra"][0].columns
+    assert (columns["answer"], columns["source"], columns["prompt"], columns["question"], columns["level"]) == (
+        "1", "Algebra", "p1", "p1", 3)
+
+
+class _PlainTokenizer:
+    """No chat template; one id per character."""
+    chat_template = bos_token = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_chat_template_refusing_the_system_role_is_a_data_error():
+    from pipeline.data import Row, prompt_text
+    from tests.real_models import VARIANTS, build_tokenizer
+
+    gemma_like = build_tokenizer(VARIANTS["qwen"])
+    gemma_like.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+                                "supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(DataError, match=r"source 's': the chat template cannot render .*System role not supported.*"
+                                        r"drop data.system_prompt or set data.chat_template=never"):
+        prompt_text(Row("s", "2+2?", "4"), gemma_like, "auto", "Think step by step.")
+
+
+def test_reference_without_final_answer_names_the_line(tmp_path):
+    path = _jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "answer": "#### 3", "source": "s"},
+                                         {"prompt": "p", "answer": "three", "source": "s"}])
+    with pytest.raises(DataError, match=r"a.jsonl, line 2: column 'answer' has no '#### <number>' final answer"):
+        load_rows(DataConfig(files=[path], answer_format="gsm8k"), seed=0)
+
+
+@pytest.mark.parametrize("template", ["{} apples", "{0}", "{question", "{q.__class__}", "{a[0]}"])
+def test_template_fields_must_name_columns(template):
+    with pytest.raises(ValueError, match="prompt_template"):
+        DataConfig(prompt_template=template)
+
+
+def test_answer_formats_agree_with_the_extraction_rules():
+    from typing import get_args
+
+    from rewards.answers import ANSWER_FORMATS
+
+    assert get_args(DataConfig.model_fields["answer_format"].annotation) == tuple(ANSWER_FORMATS)
+
+
+def test_system_prompt_goes_before_the_chat_template_or_the_plain_text():
+    from pipeline.data import Row, prompt_text
+    from tests.real_models import VARIANTS, build_tokenizer
+
+    row = Row("s", "What is 2+2?\nPut the final answer after ####.", "4")
+    chat = build_tokenizer(VARIANTS["qwen"])
+    assert prompt_text(row, chat, "auto", "Think step by step.") == (
+        "<|im_start|>system\nThink step by step.<|im_end|>\n<|im_start|>user\nWhat is 2+2?\nPut the final answer after "
+        "####.<|im_end|>\n<|im_start|>assistant\n", True)
+    assert prompt_text(row, chat, "never", "Think step by step.") == (
+        "Think step by step.\n\nWhat is 2+2?\nPut the final answer after ####.", False)
+    messages = Row("s", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "4")
+    with pytest.raises(DataError, match="already start with a system message"):
+        prompt_text(messages, chat, "auto", "Think step by step.")

@@ -185,11 +185,14 @@ def test_label_free_consensus_training_runs_and_logs_the_rankings(ray_session, t
         assert "consensus/pick_correct_er_d" in row and "accuracy/mean" in row
 
 
-def test_resume_refuses_an_incompatible_checkpoint(ray_session, tiny_model_path, tmp_path):
+def test_resume_auto_starts_a_first_launch_fresh_and_refuses_an_incompatible_checkpoint(ray_session, tiny_model_path, tmp_path,
+                                                                                       capsys):
     from pipeline.checkpoint import CheckpointError
 
     common = ["trainer.steps=2", "run.checkpoint_every=2", "eval.before=false", "eval.after=false", "tracking.wandb=disabled"]
-    _run(tmp_path, "run", *common)
+    _, run_dir = _run(tmp_path, "run", *common, "run.resume=auto")  # as a scheduler that may restart the job launches it
+    assert "run.resume=auto: no checkpoint under" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(run_dir)] == [1, 2]
     with pytest.raises(CheckpointError, match="lora"):
         _run(tmp_path, "run", *common, "run.resume=auto", "lora.rank=4", "trainer.steps=3")
 

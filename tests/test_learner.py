@@ -121,3 +121,152 @@ def test_eva_initialisation_redistributes_ranks_and_the_adapter_reloads(tiny_mod
     ids = torch.tensor([batch.prompt_ids[0] + batch.completion_ids[0]])
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, learner.model(input_ids=ids).logits, atol=1e-5)
+
+
+# --- issue 15: the learner's update, faster and linear in memory, computes what it did --------------------
+
+
+def _mixed_batch():
+    """12 samples of very different prompt and completion lengths (so micro-batches pad very differently)."""
+    prompts = [[20 + i % 7] * (2 + (5 * i) % 9) for i in range(12)]
+    completions = [[10 + (i * j) % 13 for j in range(1 + (7 * i) % 17)] + [1] for i in range(12)]
+    return TrainBatch(prompts, completions, [1.0, -0.5, 0.3, -1.0, 0.8, 0.0, -0.2, 0.6, -0.9, 0.4, 0.1, -0.7],
+                      [i // 4 for i in range(12)])
+
+
+def _same_gradients(a, b, rel=1e-5):
+    """Equal up to float32 summation order: the largest difference is tiny next to the largest entry (near-zero
+    entries differ relatively more when padding widths, hence matmul shapes, differ)."""
+    return max(float((x - y).abs().max()) for x, y in zip(a, b)) <= rel * max(float(x.abs().max()) for x in a)
+
+
+def _naive_token_logprobs(model, ids, attention, temperature):
+    """The previous implementation: full-vocabulary float32 log_softmax at every position."""
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float() / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    detached = logp_all.detach()
+    return logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1), -(detached.exp() * detached).sum(-1)
+
+
+@pytest.mark.parametrize("chunk,trained_head", [(None, False), (64, False), (64, True)],
+                         ids=["one-chunk", "many-chunks", "trained-head"])
+def test_chunked_response_only_logprobs_match_the_full_log_softmax(tiny_model_path, monkeypatch, chunk, trained_head):
+    from actors import policy_model
+    from actors.policy_model import pad_sequences, token_logprobs
+
+    if chunk:
+        monkeypatch.setattr(policy_model, "LOGIT_CHUNK_ELEMENTS", chunk)  # a couple of rows per chunk
+    learner = _learner(tiny_model_path)
+    with torch.no_grad():
+        for name, param in learner.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)  # a non-trivial adapter
+    if trained_head:  # a head with gradients (LoRA on lm_head, modules_to_save) takes the checkpointed chunks
+        learner.model.get_base_model().get_output_embeddings().weight.requires_grad_(True)
+    batch = _mixed_batch()
+    ids, attention, response = pad_sequences(batch.prompt_ids, batch.completion_ids, 0, torch.device("cpu"))
+    params = [p for p in learner.model.parameters() if p.requires_grad]
+    weights = torch.randn(response.shape, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compute in (lambda: _naive_token_logprobs(learner.model, ids, attention, 0.7),
+                    lambda: token_logprobs(learner.model, ids, attention, 0.7, with_entropy=True, positions=response)):
+        logp, entropy = compute()
+        grads = torch.autograd.grad((logp * weights * response).sum(), params)
+        results.append((logp.detach() * response, entropy * response, grads))
+    (logp_a, entropy_a, grads_a), (logp_b, entropy_b, grads_b) = results
+    assert torch.allclose(logp_a, logp_b, atol=1e-5) and torch.allclose(entropy_a, entropy_b, atol=1e-5)
+    assert all((a - b).abs().max() <= 1e-5 * a.abs().max() for a, b in zip(grads_a, grads_b))  # float32 summation order
+    # a plain callable (merged_logprobs' functional_call) takes the logits path: the same values
+    with torch.no_grad():
+        via_logits, _ = token_logprobs(lambda **inputs: learner.model(**inputs), ids, attention, 0.7, positions=response)
+    assert torch.allclose(via_logits, logp_b, atol=1e-5)
+    assert torch.equal(logp_b[response == 0], torch.zeros_like(logp_b[response == 0]))  # prompt and padding never computed
+
+
+def test_token_budget_packs_sorted_samples_each_padded_to_its_own_longest(tiny_model_path):
+    learner = _learner(tiny_model_path, max_tokens_per_micro_batch=40)
+    lengths = torch.tensor([5, 30, 12, 41, 12, 7, 20, 3])
+    micros = learner._micro_batches(torch.arange(8), lengths)
+    assert sorted(i for micro, _ in micros for i in micro.tolist()) == list(range(8))
+    assert all(width == int(lengths[micro].max()) for micro, width in micros)
+    assert all(len(micro) * width <= 40 or len(micro) == 1 for micro, width in micros)
+    assert [micro.tolist() for micro, _ in micros][:2] == [[3], [1]]  # the longest first, over-budget rows alone
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_a_token_budget_gives_the_same_gradients_as_sample_micro_batches(tiny_model_path, mode):
+    whole = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    budget = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12, max_tokens_per_micro_batch=48)
+    batch = _mixed_batch()
+    lengths = torch.tensor([len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)])
+    micros = budget._micro_batches(torch.arange(12), lengths)
+    assert len(micros) >= 4 and len({width for _, width in micros}) >= 3  # really several differently padded micro-batches
+    metrics = []
+    for learner in (whole, budget):
+        learner.algo.loss_agg_mode = mode
+        metrics.append(learner.update(batch))
+    assert _same_gradients(_first_moments(whole), _first_moments(budget))
+    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_path):
+    plain = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5)
+    checkpointed = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5, gradient_checkpointing="true")
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.model.modules())
+    for learner in (plain, checkpointed):
+        learner.update(_mixed_batch())
+    assert _same_gradients(_first_moments(plain), _first_moments(checkpointed))
+
+
+@pytest.mark.parametrize("rollout", ["on-policy", "tis", "old-from-behaviour"])
+def test_reusing_the_gradient_pass_as_pi_old_gives_the_recomputed_update(tiny_model_path, monkeypatch, rollout):
+    reused = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5)
+    recomputed = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5)
+    assert reused._old_is_current(12) and not reused._old_is_current(13)
+    monkeypatch.setattr(recomputed, "_old_is_current", lambda samples: False)
+    monkeypatch.setattr(reused, "_logprobs_no_grad", None)  # the extra no-grad pass must not run at all
+    batch = _mixed_batch()
+    if rollout != "on-policy":
+        exact = recomputed.sequence_logprobs(batch.prompt_ids, batch.completion_ids)
+        batch.behaviour_logprobs = [[v + 0.3 * ((i + j) % 3 - 1) for j, v in enumerate(row)] for i, row in enumerate(exact)]
+        batch.old_from_behaviour = rollout == "old-from-behaviour"
+        for learner in (reused, recomputed):
+            learner.algo.tis_cap = 1.2 if rollout == "tis" else None
+    metrics = [learner.update(batch) for learner in (reused, recomputed)]
+    assert _same_gradients(_first_moments(reused), _first_moments(recomputed))
+    for key in sorted(set(metrics[1]) - {"lr"}):
+        assert metrics[0][key] == pytest.approx(metrics[1][key], rel=1e-4, abs=1e-6), key
+    if rollout == "on-policy":
+        assert metrics[0]["clipfrac"] == 0.0
+    else:
+        assert metrics[0]["logprob_gap_mean"] > 0.1  # the gap is measured against the learner's pass
+
+
+def test_several_epochs_or_live_dropout_still_recompute_pi_old(tiny_model_path):
+    learner = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    learner.algo.ppo_epochs = 2
+    assert not learner._old_is_current(12)  # the second epoch's pi_old is not its own policy
+    cfg = load_config(None, ["trainer.minibatch_size=12", "trainer.micro_batch_size=12", "lora.dropout=0.1"])
+    dropout = Learner(tiny_model_path, "float32", cfg.lora, cfg.algorithm, cfg.trainer, temperature=1.0, max_new_tokens=8, seed=0)
+    assert not dropout._old_is_current(12)  # the gradient pass is not the eval-mode policy
+
+
+@pytest.mark.gpu
+def test_a_bfloat16_learner_on_cuda_trains_under_autocast_with_every_option(tiny_model_path):
+    from actors.policy_model import pad_sequences, token_logprobs
+
+    cfg = load_config(None, ["trainer.gpus_per_learner=1", "trainer.minibatch_size=12", "trainer.micro_batch_size=4",
+                             "trainer.gradient_checkpointing=true", "trainer.max_tokens_per_micro_batch=64", "trainer.lr=0.01"])
+    learner = Learner(tiny_model_path, "bfloat16", cfg.lora, cfg.algorithm, cfg.trainer, temperature=1.0, max_new_tokens=8, seed=0)
+    assert learner.device.type == "cuda" and learner.model.dtype == torch.bfloat16
+    batch = _mixed_batch()
+    ids, attention, response = pad_sequences(batch.prompt_ids, batch.completion_ids, 0, learner.device)
+    with torch.no_grad(), learner._forwards():
+        chunked, _ = token_logprobs(learner.model, ids, attention, 1.0, positions=response)
+        full, _ = _naive_token_logprobs(learner.model, ids, attention, 1.0)
+    assert torch.allclose(chunked, full * response, atol=2e-2)
+    before = _lora_params(learner)
+    metrics = learner.update(batch)
+    assert metrics["skipped_steps"] == 0.0 and metrics["grad_norm"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, _lora_params(learner)))

@@ -32,7 +32,7 @@ def _workers(cfg, model_path):
 
 
 def test_colocate_puts_the_learner_and_the_rollout_worker_in_one_bundle_on_one_gpu(ray_session, tiny_model_path):
-    cfg = load_config("configs/single_gpu.yaml", [f"model.path={tiny_model_path}", *TINY])
+    cfg = load_config("configs/gsm8k_qwen0.5b_1gpu.yaml", [f"model.path={tiny_model_path}", *TINY, "reward.num_workers=1"])
     learner, (rollout,), (group,) = _workers(cfg, tiny_model_path)
     assert learner["group"] == rollout["group"] == group
     assert learner["gpus"] == rollout["gpus"] and len(learner["gpus"]) == 1
@@ -54,10 +54,19 @@ def test_a_placement_the_cluster_cannot_grant_fails_fast_and_names_the_resources
     from actors.placement import PlacementError
     from actors.group import ActorGroup
 
-    cfg = load_config("configs/debug_cpu.yaml", [*TINY, "placement.mode=split", "trainer.gpus_per_learner=1",
-                                                 "rollout.gpus_per_worker=1", "rollout.num_workers=2", "placement.timeout_s=2"])
+    split = [*TINY, "placement.mode=split", "trainer.gpus_per_learner=1", "rollout.gpus_per_worker=1", "placement.timeout_s=2"]
+    with pytest.raises(PlacementError, match=r"cannot hold this run \(3 GPU asked in all, the cluster has 2\)"):
+        ActorGroup(load_config("configs/debug_cpu.yaml", [*split, "rollout.num_workers=2"]), tiny_model_path)  # nothing reserved
+
+    @ray.remote(num_gpus=1)
+    class Squatter:  # another job's actor: it holds one of the two GPUs, so the reservation itself times out
+        pass
+
+    squatter = Squatter.remote()
+    ray.get(squatter.__ray_ready__.remote())
     with pytest.raises(PlacementError, match=r"rollout placement group .*'GPU': 1.0.* within 2s"):
-        ActorGroup(cfg, tiny_model_path)
+        ActorGroup(load_config("configs/debug_cpu.yaml", split), tiny_model_path)
+    ray.kill(squatter)
     deadline = time.time() + 30  # the learner group it had reserved is given back (removal is asynchronous)
     while ray.available_resources().get("GPU") != 2 and time.time() < deadline:
         time.sleep(0.1)
