@@ -7,8 +7,8 @@ import torch
 from tokenizers.decoders import DecodeStream
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from actors.policy_model import (derive_seed, eos_token_ids, ignore_generation_defaults, load_policy, load_tokenizer,
-                                 pad_sequences, pick_device, reshape_lora, token_logprobs, unpad)
+from actors.policy_model import (adapter_parameters, derive_seed, eos_token_ids, ignore_generation_defaults, load_policy,
+                                 load_tokenizer, pad_sequences, pick_device, reshape_lora, token_logprobs, unpad)
 from pipeline.config import LoraSection
 from pipeline.records import Completion, PromptSpec, SamplingSpec
 
@@ -112,9 +112,7 @@ class HFEngine:
     def _adapter_parameters(self) -> dict[str, torch.Tensor]:
         """peft state-dict key -> the engine's LoRA parameter (the active adapter's name dropped, as peft does)."""
         if self._adapter_params is None:
-            name = getattr(self.model, "active_adapter", "default")
-            self._adapter_params = {k.replace(f".{name}", ""): p for k, p in self.model.named_parameters()
-                                    if "lora_" in k and f".{name}." in k}
+            self._adapter_params = adapter_parameters(self.model)
         return self._adapter_params
 
     def load_merged(self, weights: dict[str, torch.Tensor], version: int) -> None:

@@ -75,6 +75,14 @@ def ignore_generation_defaults(model_path: str) -> list[str]:
     return ignored
 
 
+def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """peft state-dict key -> the model's LoRA parameter, the active adapter's name dropped (the keys and
+    tensors `get_peft_model_state_dict` gives): one walk over the parameters, where peft's call builds the
+    whole state dict and remaps every key, ten times the cost on every weight sync."""
+    name = getattr(model, "active_adapter", "default")
+    return {k.replace(f".{name}", ""): p for k, p in model.named_parameters() if "lora_" in k and f".{name}." in k}
+
+
 def load_policy(model_path: str, dtype: str, lora: LoraSection | None, device: torch.device):
     """The base causal LM wrapped with a fresh LoRA adapter (weights come from the learner); lora=None: the bare LM."""
     from peft import get_peft_model

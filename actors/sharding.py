@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from actors.policy_model import adapter_parameters
+
 
 @dataclass
 class Sharding:
@@ -59,7 +61,7 @@ class Sharding:
         from peft import get_peft_model_state_dict
 
         if not self.fsdp:
-            return get_peft_model_state_dict(model)
+            return {key: param.detach() for key, param in adapter_parameters(model).items()}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -270,3 +270,19 @@ def test_a_bfloat16_learner_on_cuda_trains_under_autocast_with_every_option(tiny
     metrics = learner.update(batch)
     assert metrics["skipped_steps"] == 0.0 and metrics["grad_norm"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, _lora_params(learner)))
+
+
+def test_the_synced_adapter_is_exactly_peft_state_dict(tiny_model_path):
+    """The weight sync reads the LoRA parameters by a cheap name walk; it must give peft's own state dict."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    from actors.policy_model import adapter_parameters, load_policy
+    from pipeline.config import LoraSection
+
+    model = load_policy(tiny_model_path, "float32", LoraSection(rank=4), torch.device("cpu"))
+    with torch.no_grad():
+        for param in adapter_parameters(model).values():
+            param.normal_()  # lora_B starts at zero: make every tensor tell
+    peft_dict, ours = get_peft_model_state_dict(model), adapter_parameters(model)
+    assert peft_dict.keys() == ours.keys() and all(torch.equal(peft_dict[k], ours[k]) for k in peft_dict)
