@@ -18,7 +18,8 @@ Both sides get the same things:
   * loss: TRL's default `loss_type="dapo"` (token-mean over the whole batch) = rlpost's grpo `token-mean` with one
     mini-batch; clip 0.2, no KL (TRL's default beta=0); group-normalised advantages (TRL divides by std + 1e-4,
     rlpost by std + 1e-6, both unbiased std);
-  * threads: TRL in one process with 1 torch thread, no vLLM, bf16 off; rlpost with one CPU (thread) per actor
+  * threads: TRL in one process with 1 torch thread, no vLLM, bf16 off, gradient checkpointing off (its GRPO
+    default is on, which costs a recomputed forward per step); rlpost with one CPU (thread) per actor
     (one rollout worker, one learner, a reward worker with a quarter CPU).
 
 Measured per run (a subprocess each): median step time after --skip warm-up steps, generation share (TRL: time
@@ -210,7 +211,8 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
         max_steps=job["steps"], temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo",
         scale_rewards="group", bf16=False, fp16=False, use_cpu=True, use_vllm=False, logging_steps=1, report_to=[],
         save_strategy="no", seed=job["seed"], data_seed=job["seed"], dataloader_num_workers=0, disable_dropout=True,
-        remove_unused_columns=False)
+        remove_unused_columns=False,
+        gradient_checkpointing=False)  # TRL's GRPO default is True (memory over speed): off, its faster setting here
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LINEAR, task_type="CAUSAL_LM")
 
     def reward_fn(completions, answer, **kwargs):
