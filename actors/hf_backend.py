@@ -76,14 +76,12 @@ class HFEngine:
         self.lora = lora
         self.model = load_policy(model_path, dtype, None if lora is None else lora.model_copy(update={"init": "default"}), self.device).eval()
         self.context_len = self.model.config.max_position_embeddings
-        self._adapter_params: dict[str, torch.Tensor] | None = None  # load_adapter's name map, built at the first load
         ignore_generation_defaults(model_path)
         bare = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         bare.generation_config = GenerationConfig()  # generate() would fill unset options from the checkpoint's
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self.model = reshape_lora(self.model, self.lora, layout).to(self.device).eval()
-        self._adapter_params = None  # new parameters: the name map is rebuilt at the next load
 
     def sleep(self) -> None:
         if self.device.type == "cuda":
@@ -94,12 +92,11 @@ class HFEngine:
         self.model.to(self.device)
 
     def load_adapter(self, adapter: dict[str, Any], version: int) -> None:
-        """The adapter's tensors copied in place into the LoRA parameters they name (peft's state-dict names, as
-        `get_peft_model_state_dict` writes them). The name map is built once: peft's `set_peft_model_state_dict`
-        walks every module and remaps every key on each call, tens of milliseconds per sync on a small model for
-        a copy that takes well under one. An adapter that does not match the map exactly (other keys or shapes)
-        goes through peft as before."""
-        params = self._adapter_parameters()
+        """The adapter's tensors copied in place into the LoRA parameters they name (`adapter_parameters`):
+        peft's `set_peft_model_state_dict` walks every module and remaps every key on each call, tens of
+        milliseconds per sync on a small model for a copy that takes well under one. An adapter that does not
+        match the map exactly (other keys or shapes, or no map) goes through peft."""
+        params = adapter_parameters(self.model) or {}
         if adapter.keys() == params.keys() and all(tuple(v.shape) == tuple(params[k].shape) for k, v in adapter.items()):
             with torch.no_grad():
                 for key, value in adapter.items():
@@ -108,12 +105,6 @@ class HFEngine:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.model, {k: torch.tensor(v) for k, v in adapter.items()})
-
-    def _adapter_parameters(self) -> dict[str, torch.Tensor]:
-        """peft state-dict key -> the engine's LoRA parameter (the active adapter's name dropped, as peft does)."""
-        if self._adapter_params is None:
-            self._adapter_params = adapter_parameters(self.model)
-        return self._adapter_params
 
     def load_merged(self, weights: dict[str, torch.Tensor], version: int) -> None:
         """Full weights, in place (the engine runs the bare model: rollout.weight_sync=merged)."""

@@ -160,6 +160,8 @@ class Learner:
         trainer.max_tokens_per_micro_batch: rows sorted longest first, packed while rows x width stays
         within the budget (a longer row goes alone); otherwise micro_batch_size rows in the given order."""
         budget = self.trainer.max_tokens_per_micro_batch
+        if len(rows) == 0:  # a data-parallel rank none of whose groups is in this mini-batch
+            return []
         if budget is None:
             micros = list(rows.split(self.trainer.micro_batch_size))
         else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,21 @@ def ignore_generation_defaults(model_path: str) -> list[str]:
     return ignored
 
 
-def adapter_parameters(model) -> dict[str, torch.nn.Parameter]:
-    """peft state-dict key -> the model's LoRA parameter, the active adapter's name dropped (the keys and
-    tensors `get_peft_model_state_dict` gives): one walk over the parameters, where peft's call builds the
-    whole state dict and remaps every key, ten times the cost on every weight sync."""
-    name = getattr(model, "active_adapter", "default")
-    return {k.replace(f".{name}", ""): p for k, p in model.named_parameters() if "lora_" in k and f".{name}." in k}
+_ADAPTER_MAPS: "weakref.WeakKeyDictionary[Any, dict[str, torch.nn.Parameter] | None]" = weakref.WeakKeyDictionary()
+
+
+def adapter_parameters(model) -> dict[str, torch.nn.Parameter] | None:
+    """peft state-dict key -> the model's LoRA parameter (exactly the keys `get_peft_model_state_dict` gives),
+    found once per model by a walk over its parameters: peft's call builds the whole state dict and remaps every
+    key, ten times the cost, on every weight sync. None when the walk does not give peft's keys (LoRA on
+    embeddings, DoRA, modules_to_save): then peft's own call is the one to use."""
+    if model not in _ADAPTER_MAPS:
+        from peft import get_peft_model_state_dict
+
+        name = getattr(model, "active_adapter", "default")
+        walk = {k.replace(f".{name}", ""): p for k, p in model.named_parameters() if "lora_" in k and f".{name}." in k}
+        _ADAPTER_MAPS[model] = walk if walk.keys() == get_peft_model_state_dict(model).keys() else None
+    return _ADAPTER_MAPS[model]
 
 
 def load_policy(model_path: str, dtype: str, lora: LoraSection | None, device: torch.device):
@@ -222,7 +232,8 @@ def _output_head(model):
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if head is None or getattr(base.config, "final_logit_softcapping", None) is not None:  # softcapping follows the head
+    text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if head is None or getattr(text_config, "final_logit_softcapping", None) is not None:  # softcapping follows the head
         return None
     name = next((n for n, child in base.named_children() if child is head), None)
     return None if name is None else (base, name, head)

@@ -61,7 +61,8 @@ class Sharding:
         from peft import get_peft_model_state_dict
 
         if not self.fsdp:
-            return {key: param.detach() for key, param in adapter_parameters(model).items()}
+            walk = adapter_parameters(model)
+            return get_peft_model_state_dict(model) if walk is None else {key: param.detach() for key, param in walk.items()}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

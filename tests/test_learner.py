@@ -286,3 +286,7 @@ def test_the_synced_adapter_is_exactly_peft_state_dict(tiny_model_path):
             param.normal_()  # lora_B starts at zero: make every tensor tell
     peft_dict, ours = get_peft_model_state_dict(model), adapter_parameters(model)
     assert peft_dict.keys() == ours.keys() and all(torch.equal(peft_dict[k], ours[k]) for k in peft_dict)
+    # LoRA on the embeddings keeps more in peft's dict than the walk finds: then peft's own call is used
+    embedded = load_policy(tiny_model_path, "float32", LoraSection(rank=4, target_modules=["q_proj", "embed_tokens"]),
+                           torch.device("cpu"))
+    assert adapter_parameters(embedded) is None
