@@ -12,6 +12,7 @@ from pipeline.config import Config
 from pipeline.data import load_prompts
 from pipeline.memory_estimate import estimate_learner_memory, size
 
+
 def dry_run(cfg: Config, shown: int = 3) -> str:
     from actors.cluster_fit import label
     from actors.placement import demands
