@@ -49,12 +49,12 @@ def init_ray(cfg: Config) -> None:
 
 
 def _start_rollout_worker(cfg: Config, model_path: str, lora: LoraSection | None, options: dict[str, Any],
-                          revision: str | None = None):
+                          revision: str | None = None, threads: int = 1):
     r = cfg.rollout
     engine_options = ({"gpu_memory_utilization": r.gpu_memory_utilization, "max_model_len": r.max_model_len,
                        "sleep_mode": r.sleep_while_training} if resolve_backend(r.backend) == "vllm" else {})
     return ray.remote(RolloutWorker).options(**options, max_restarts=r.max_restarts).remote(
-        model_path, cfg.model.dtype, lora, r.backend, r.cpus_per_worker, r.gpus_per_worker, engine_options, revision)
+        model_path, cfg.model.dtype, lora, r.backend, threads, r.gpus_per_worker, engine_options, revision)
 
 
 def _start_reward_worker(cfg: Config, options: dict[str, Any]):
@@ -86,20 +86,22 @@ class ActorGroup:
         self.placement = plan(cfg, learners=cfg.trainer.num_learners if with_learner else 0)
         self._learners = [ray.remote(Learner).options(**options).remote(
             model_path, cfg.model.dtype, cfg.lora, cfg.algorithm, cfg.trainer,
-            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed, cfg.model.revision)
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed, cfg.model.revision, self.placement.learner_threads)
             for options in self.placement.learners]
         # the ranks a call that runs the model or reads its weights goes to: all under FSDP (a collective), else
         # rank 0, which sends weights, scores probes and writes checkpoints
         self._state_ranks = self._learners if cfg.trainer.fsdp else self._learners[:1]
         served = None if cfg.rollout.weight_sync == "merged" else cfg.lora  # merged: engines run the bare model, reloaded in place
-        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options, cfg.model.revision)
+        self.rollout = WorkerPool("rollout", [_start_rollout_worker(cfg, model_path, served, options, cfg.model.revision,
+                                                                    self.placement.rollout_threads)
                                               for options in self.placement.rollout],
                                   cfg.rollout.worker_deadline_s, revive=self._install_policy)
         self.reward = WorkerPool("reward", [_start_reward_worker(cfg, options) for options in self.placement.reward],
                                  cfg.reward.worker_deadline_s)
         consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM, no adapter, outside the placement groups
         self.consensus = None if consensus_model is None else WorkerPool(
-            "consensus", [_start_rollout_worker(cfg, consensus_model, None, options) for options in self.placement.consensus],
+            "consensus", [_start_rollout_worker(cfg, consensus_model, None, options, threads=max(1, int(cfg.rollout.cpus_per_worker)))
+                          for options in self.placement.consensus],
             cfg.rollout.worker_deadline_s)
         # every actor placed before the first call on any, or one message why not: never a "lost" worker later (an
         # autoscaling cluster places them as its nodes come up)

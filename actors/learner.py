@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from actors.policy_model import (initialize_eva, layout_of, load_policy, load_tokenizer, pad_sequences, pick_device,
-                                 reshape_lora, set_threads, token_logprobs, unpad)
+                                 reshape_lora, set_threads, shares_prompts, token_logprobs, unpad)
 from actors.sharding import Sharding
 from pipeline import core_algos
 from pipeline.config import AlgorithmConfig, LoraSection, TrainerConfig
@@ -21,8 +21,8 @@ from pipeline.records import TrainBatch
 
 class Learner:
     def __init__(self, model_path: str, dtype: str, lora: LoraSection, algorithm: AlgorithmConfig, trainer: TrainerConfig,
-                 temperature: float, max_new_tokens: int, seed: int, revision: str | None = None):
-        set_threads(trainer.cpus_per_learner)
+                 temperature: float, max_new_tokens: int, seed: int, revision: str | None = None, threads: int = 1):
+        set_threads(threads)
         torch.manual_seed(seed)
         self.device = pick_device(trainer.gpus_per_learner)
         model_path = resolve_model(model_path, revision)  # a Hub id: this node's snapshot of it
@@ -44,6 +44,7 @@ class Learner:
         self._dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()) or any(
             isinstance(v, float) and v > 0 for k, v in (config.to_dict() if config is not None else {}).items()
             if k.endswith("dropout") or k.endswith("dropout_prob"))
+        self._share_prompts = shares_prompts(self.model, self.trainer)
 
     def _forwards(self):
         """The context of every learner forward: on CUDA, autocast to a half-precision model's dtype."""
@@ -116,6 +117,7 @@ class Learner:
             mask = mask * torch.tensor(batch.loss_mask, dtype=mask.dtype, device=self.device).unsqueeze(-1)
         advantages = torch.tensor(batch.advantages, dtype=torch.float32, device=self.device).unsqueeze(-1)
         lengths = attention.sum(-1).cpu()
+        prompts = self._prompt_rows(batch.prompt_ids)
         mine = self._my_rows(batch.group_ids)
         first = int(lengths[0])
         self._idle_row = (ids[:1, :first], attention[:1, :first])  # what a rank with fewer rows feeds FSDP's collective forwards
@@ -126,13 +128,14 @@ class Learner:
         if reuse:  # filled by the gradient pass, which sees the policy before its own optimizer step
             recomputed, weights = layout.clone(), None
         else:  # as pi_old, the ratio is exactly 1 at first
-            recomputed = self._logprobs_no_grad(ids, attention, response, rows=mine, lengths=lengths)
+            recomputed = self._logprobs_no_grad(ids, attention, response, rows=mine, lengths=lengths, prompts=prompts)
             weights = self._tis_weights(recomputed, behaviour, response) if tis else None
         old = behaviour if batch.old_from_behaviour else (None if reuse else recomputed)  # None: the detached current log-probs
         kl_in_loss = self.algo.kl_coef > 0 and self.algo.kl_in == "loss"
-        ref = self._logprobs_no_grad(ids, attention, response, adapter=False, rows=mine, lengths=lengths) if kl_in_loss else None
+        ref = self._logprobs_no_grad(ids, attention, response, adapter=False, rows=mine, lengths=lengths,
+                                     prompts=prompts) if kl_in_loss else None
         data = dict(ids=ids, attention=attention, mask=mask, response=response, advantages=advantages, old=old, ref=ref,
-                    weights=weights, lengths=lengths, behaviour=behaviour if reuse and tis else None,
+                    weights=weights, lengths=lengths, prompts=prompts, behaviour=behaviour if reuse and tis else None,
                     current=recomputed if reuse else None)
         metrics: dict[str, list[float]] = {}
         for _ in range(self.algo.ppo_epochs):
@@ -154,31 +157,52 @@ class Learner:
         """Whether pi_old equals the policy of the (only) gradient pass: one epoch, one mini-batch, no dropout."""
         return self.algo.ppo_epochs == 1 and self.trainer.minibatch_size >= samples and not self._dropout
 
-    def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    def _prompt_rows(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor] | None:
+        """Per row: its prompt's token count and an id shared by the rows of one prompt (None: rows run whole)."""
+        if not self._share_prompts:
+            return None
+        ids = {}
+        key = torch.tensor([ids.setdefault(tuple(p), len(ids)) for p in prompt_ids])
+        return {"lengths": torch.tensor([len(p) for p in prompt_ids], device=self.device), "key": key}
+
+    def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor,
+                       prompts: dict[str, torch.Tensor] | None = None) -> list[tuple[torch.Tensor, int]]:
         """`rows` in micro-batches, each with its own padded width (its longest row; rows are right-padded).
 
         trainer.max_tokens_per_micro_batch: rows sorted longest first, packed while rows x width stays
-        within the budget (a longer row goes alone); otherwise micro_batch_size rows in the given order."""
+        within the budget (a longer row goes alone); otherwise micro_batch_size rows in the given order.
+        With shared prompt forwards a prompt's rows are kept together (the order of rows within a
+        mini-batch does not change its gradient)."""
         budget = self.trainer.max_tokens_per_micro_batch
         if len(rows) == 0:  # a data-parallel rank none of whose groups is in this mini-batch
             return []
+        if budget is not None:
+            rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
+        if prompts is not None:  # a prompt's rows together, prompts in the order of their first row
+            first: dict[int, int] = {}
+            rank = torch.tensor([first.setdefault(k, len(first)) for k in prompts["key"][rows.cpu()].tolist()])
+            rows = rows[torch.argsort(rank, stable=True).to(rows.device)]
         if budget is None:
             micros = list(rows.split(self.trainer.micro_batch_size))
         else:
-            rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
-            widths, micros, start = lengths[rows].tolist(), [], 0
-            while start < len(rows):
-                take = max(1, budget // max(int(widths[start]), 1))
-                micros.append(rows[start:start + take])
-                start += take
+            micros, current, width = [], [], 0
+            for row, length in zip(rows, lengths[rows].tolist()):
+                if current and (len(current) + 1) * max(width, length) > budget:
+                    micros.append(torch.stack(current))
+                    current, width = [], 0
+                current.append(row)
+                width = max(width, length)
+            micros.append(torch.stack(current))
         return [(micro, int(lengths[micro].max())) for micro in micros]
 
     @torch.no_grad()
     def reference_kl(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
         """Per sample, the summed KL estimate between the current policy and the reference (kl_in=reward)."""
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
-        kl = core_algos.kl_penalty(self._logprobs_no_grad(ids, attention, mask),
-                                   self._logprobs_no_grad(ids, attention, mask, adapter=False), self.algo.kl_type)
+        prompts_of = self._prompt_rows(prompts)
+        kl = core_algos.kl_penalty(self._logprobs_no_grad(ids, attention, mask, prompts=prompts_of),
+                                   self._logprobs_no_grad(ids, attention, mask, adapter=False, prompts=prompts_of),
+                                   self.algo.kl_type)
         return (kl * mask).sum(-1).tolist()
 
     @staticmethod
@@ -202,7 +226,7 @@ class Learner:
         policy_loss = core_algos.POLICY_LOSSES[self.algo.policy_loss]
         self.optimizer.zero_grad(set_to_none=True)
         sums = dict(loss=0.0, pg_loss=0.0, kl=0.0, clipfrac=0.0, entropy=0.0)
-        micros = self._micro_batches(rows, data["lengths"])
+        micros = self._micro_batches(rows, data["lengths"], data["prompts"])
         idle = self.ranks.forwards_to_run(len(micros)) - len(micros)  # agreed before any forward: it is a collective too
         self.model.train()  # LoRA dropout, if any, only where gradients flow; every no-grad pass runs in eval mode
         for micro, width in micros:
@@ -211,7 +235,8 @@ class Learner:
             m, response = pick("mask"), pick("response")
             with self._forwards():
                 logp, entropy = token_logprobs(self.model, data["ids"][micro, :width], data["attention"][micro, :width],
-                                               self.temperature, with_entropy=True, positions=response)
+                                               self.temperature, with_entropy=True, positions=response,
+                                               prompt_lengths=self._prompt_lengths(data["prompts"], micro))
             old, weights = pick("old"), pick("weights")
             if data["current"] is not None:  # this pass is the policy before the step: pi_old, the gap, the TIS weights
                 current = logp.detach()
@@ -245,22 +270,27 @@ class Learner:
 
     @torch.no_grad()
     def _logprobs_no_grad(self, ids, attention, positions, adapter: bool = True, rows: torch.Tensor | None = None,
-                          lengths: torch.Tensor | None = None) -> torch.Tensor:
+                          lengths: torch.Tensor | None = None, prompts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Per-token log-probs at `positions`, in micro-batches (of `rows` only; zeros elsewhere); adapter=False
         gives the reference policy."""
         out = torch.zeros(positions.shape, device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
         lengths = attention.sum(-1).cpu() if lengths is None else lengths
         selected = torch.arange(len(ids)) if rows is None else rows.cpu().nonzero().squeeze(-1)
-        micros = self._micro_batches(selected, lengths)
+        micros = self._micro_batches(selected, lengths, prompts)
         idle = self.ranks.forwards_to_run(len(micros)) - len(micros)
         with contextlib.nullcontext() if adapter else self.model.disable_adapter(), self._forwards():
             for micro, width in micros:
                 micro = micro.to(ids.device)
                 out[micro, :width - 1] = token_logprobs(self.model, ids[micro, :width], attention[micro, :width], self.temperature,
-                                                        positions=positions[micro, :width - 1])[0]
+                                                        positions=positions[micro, :width - 1],
+                                                        prompt_lengths=self._prompt_lengths(prompts, micro))[0]
             for _ in range(idle):
                 token_logprobs(self.model, ids[:1, :int(lengths[0])], attention[:1, :int(lengths[0])], self.temperature)
         return out
+
+    @staticmethod
+    def _prompt_lengths(prompts: dict[str, torch.Tensor] | None, micro: torch.Tensor) -> torch.Tensor | None:
+        return None if prompts is None else prompts["lengths"][micro]
 
     def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]], mine: torch.Tensor) -> dict[str, float]:
         """How far the rollout engine's log-probs are from the learner's (a stale or mismatched policy shows here)."""

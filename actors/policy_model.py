@@ -1,6 +1,7 @@
 """Loading the policy (base model + LoRA) and per-token log-probs: shared by learner and HF rollout."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from pathlib import Path
@@ -22,9 +23,10 @@ def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
-def set_threads(cpus: float) -> None:
-    """Threads = this actor's CPU share: oversubscribed torch threads slow 2-core machines 10x."""
-    torch.set_num_threads(max(1, int(cpus)))
+def set_threads(threads: int) -> None:
+    """Torch threads as placement decided (actors/placement.py `threads`): oversubscribed threads slow 2-core
+    machines 10x."""
+    torch.set_num_threads(max(1, int(threads)))
 
 
 def load_tokenizer(model_path: str):
@@ -193,7 +195,7 @@ LOGIT_CHUNK_ELEMENTS = 2 ** 24  # vocabulary-sized rows per chunk: 64 MiB of flo
 
 
 def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float, with_entropy: bool = False,
-                   positions: torch.Tensor | None = None):
+                   positions: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None):
     """log pi(token_{t+1} | prefix) at the sampling temperature (and the entropy there, as a detached metric).
 
     Returns (B, L-1) tensors aligned with next-token prediction (position t predicts token t+1), filled
@@ -202,28 +204,91 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
     log-probs are `logits[token] - logsumexp(logits)`, computed a chunk of rows at a time, and the
     gradient needs no (tokens x vocabulary) tensor either (see `_HeadLogprobs`): memory is linear in
     the sequence length. A plain callable (not a module with an output head) gets the logits path.
+    With `prompt_lengths` (rows' prompt token counts; `positions` within the completions), rows that share
+    a prompt run it once (`_shared_prompt_states`).
     """
     if positions is None:
         positions = attention[:, 1:]
     positions = positions.bool()
     targets = ids[:, 1:][positions]
     parts = _output_head(model)
-    if parts is None:  # a callable returning .logits (functional_call) or an exotic head: slice the logits
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
-        picked, entropy = _logprobs_of_logits(logits[positions], targets, temperature, with_entropy)
+    head = None if parts is None else parts[2]
+    with _head_removed(parts):  # without a separable head the model's outputs are logits
+        if prompt_lengths is None:
+            states = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1][positions]
+        else:
+            states = _shared_prompt_states(model, ids, attention, positions, prompt_lengths)
+    if head is None:
+        picked, entropy = _logprobs_of_logits(states, targets, temperature, with_entropy)
     else:
-        base, name, head = parts
-        setattr(base, name, torch.nn.Identity())  # the model's "logits" are then its last hidden states
-        try:
-            hidden = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-        finally:
-            setattr(base, name, head)
-        picked, entropy = _head_logprobs(head, hidden[:, :-1][positions], targets, temperature, with_entropy)
+        picked, entropy = _head_logprobs(head, states, targets, temperature, with_entropy)
     shape = positions.shape
     logp = torch.zeros(shape, dtype=picked.dtype, device=picked.device).masked_scatter(positions, picked)
     if not with_entropy:
         return logp, None
     return logp, torch.zeros(shape, dtype=entropy.dtype, device=entropy.device).masked_scatter(positions, entropy)
+
+
+@contextlib.contextmanager
+def _head_removed(parts):
+    """The output head swapped for Identity (the model's "logits" are then its last hidden states)."""
+    if parts is None:
+        yield
+        return
+    base, name, head = parts
+    setattr(base, name, torch.nn.Identity())
+    try:
+        yield
+    finally:
+        setattr(base, name, head)
+
+
+def _shared_prompt_states(model, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                          prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """The model's outputs at `positions` (row-major), each distinct prompt run once: GRPO's n samples of a
+    prompt differ only after it, so its keys/values are computed once, copied to its rows, and the
+    completions run on top of them (the same numbers up to float rounding, and the gradient reaches the
+    prompt through the copies). Prompts and completions are right-padded; pads in between are masked,
+    and position ids count real tokens only, so every row sees exactly its own unpadded sequence."""
+    device, lengths = ids.device, attention.sum(-1)
+    rows = ids.tolist()
+    plen = prompt_lengths.to(device)
+    keys = [tuple(row[:n]) for row, n in zip(rows, prompt_lengths.tolist())]
+    distinct = list(dict.fromkeys(keys))
+    slot = {key: i for i, key in enumerate(distinct)}
+    index = torch.tensor([slot[k] for k in keys], device=device)
+    width = max(map(len, distinct))
+    prompt_ids = torch.tensor([list(k) + [0] * (width - len(k)) for k in distinct], device=device)
+    prompt_mask = (torch.arange(width, device=device) < torch.tensor([len(k) for k in distinct], device=device).unsqueeze(1)).long()
+    prompt = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True,
+                   position_ids=torch.arange(width, device=device).expand(len(distinct), -1))
+    cache = prompt.past_key_values
+    cache.reorder_cache(index)  # one copy of its prompt's keys/values per row (differentiable)
+    span = max(int((lengths - plen).max()), 1)
+    columns = plen.unsqueeze(1) + torch.arange(span, device=device)  # each row's completion tokens
+    completion_mask = columns < lengths.unsqueeze(1)
+    completion_ids = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(~completion_mask, 0)
+    completion = model(input_ids=completion_ids, attention_mask=torch.cat([prompt_mask[index], completion_mask.long()], 1),
+                       position_ids=columns, past_key_values=cache, use_cache=True)
+    # the output predicting completion token j: the prompt's last position for j = 0, completion position j-1 after
+    last = prompt.logits[index, plen - 1].unsqueeze(1)
+    states = torch.cat([last, completion.logits[:, :-1]], 1)
+    row, column = positions.nonzero(as_tuple=True)  # column t predicts token t+1 = completion token t+1-prompt length
+    return states[row, column + 1 - plen[row]]
+
+
+def shares_prompts(model, trainer) -> bool:
+    """Whether a learner runs each distinct prompt once per micro-batch (trainer.share_prompt_forward): not under
+    gradient checkpointing (it turns the key/value cache off) or FSDP (a forward is a collective whose count
+    ranks agree on), and only when every layer attends to the whole sequence (a sliding window counts cache
+    slots, which the padding between prompt and completion would shift; recurrent layers have no such cache)."""
+    if not trainer.share_prompt_forward or trainer.gradient_checkpointing or trainer.fsdp:
+        return False
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(kind == "full_attention" for kind in layer_types)
+    return getattr(config, "sliding_window", None) is None or not getattr(config, "use_sliding_window", True)
 
 
 def _output_head(model):

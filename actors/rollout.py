@@ -28,9 +28,9 @@ def make_engine(backend: str, **kwargs: Any):
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, lora: LoraSection | None, backend: str, cpus: float, gpus: float,
+    def __init__(self, model_path: str, dtype: str, lora: LoraSection | None, backend: str, threads: int, gpus: float,
                  engine_options: dict[str, Any] | None = None, revision: str | None = None):
-        set_threads(cpus)
+        set_threads(threads)
         self.backend = resolve_backend(backend)
         self.engine = make_engine(self.backend, model_path=resolve_model(model_path, revision), dtype=dtype, lora=lora, gpus=gpus,
                                   **(engine_options or {}))

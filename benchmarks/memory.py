@@ -139,7 +139,7 @@ def build_learner(spec: dict):
                              f"trainer.cpus_per_learner={spec['threads']}", f"trainer.gpus_per_learner={int(spec['device'] == 'cuda')}",
                              "trainer.lr=1e-4"])
     return learner_module.Learner(tempfile.mkdtemp(prefix="rlpost-memory-"), spec["dtype"], cfg.lora, cfg.algorithm, cfg.trainer,
-                                  temperature=1.0, max_new_tokens=spec["length"], seed=0)
+                                  temperature=1.0, max_new_tokens=spec["length"], seed=0, threads=spec["threads"])
 
 
 def full_logits_token_logprobs(model, ids, attention, temperature, with_entropy=False, positions=None):

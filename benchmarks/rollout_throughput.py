@@ -42,9 +42,9 @@ def main() -> None:
     cfg = load_config("configs/debug_cpu.yaml", [f"model.path={args.model}"] if args.model else [])
     path = cfg.model.path or str(ensure_tiny_model(cfg.model.tiny))
     lora = cfg.lora
-    hf = RolloutWorker(path, "float32", lora, "hf", cpus=os.cpu_count() or 1, gpus=0)
-    ours = RolloutWorker(path, "float32", lora, "vllm", cpus=os.cpu_count() or 1, gpus=0)
-    merged = RolloutWorker(path, "float32", None, "vllm", cpus=os.cpu_count() or 1, gpus=0)
+    hf = RolloutWorker(path, "float32", lora, "hf", threads=os.cpu_count() or 1, gpus=0)
+    ours = RolloutWorker(path, "float32", lora, "vllm", threads=os.cpu_count() or 1, gpus=0)
+    merged = RolloutWorker(path, "float32", None, "vllm", threads=os.cpu_count() or 1, gpus=0)
     texts = [p for p, _ in generate_split("sort_6", args.prompts, 0, seed=0)[0]]
     prompts = [PromptSpec(i, hf.engine.tokenizer(t, add_special_tokens=False)["input_ids"]) for i, t in enumerate(texts)]
     sampling = SamplingSpec(n=args.n, temperature=1.0, max_new_tokens=args.new_tokens, seed=0)

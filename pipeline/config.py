@@ -285,6 +285,11 @@ class TrainerConfig(Section):
                                                    "of micro_batch_size: samples sorted by length, packed while samples x "
                                                    "longest prompt+completion stays within it (a longer sample goes alone), "
                                                    "each padded only to its own longest; gradients are unchanged")
+    share_prompt_forward: bool = Field(True, description="run each distinct prompt of a micro-batch once and its samples' "
+                                       "completions on its cached keys/values (GRPO's n samples share a prompt): the same "
+                                       "log-probs and gradients with the prompt's compute paid once instead of n times; "
+                                       "micro-batches keep a prompt's samples together. Not with gradient checkpointing, "
+                                       "FSDP or sliding-window/recurrent layers (those run every row whole)")
     gradient_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in the backward "
                                          "(non-reentrant): activation memory drops to about one layer's, at ~1 extra "
                                          "forward of compute per update")
@@ -354,6 +359,11 @@ class PlacementConfig(Section):
         "PACK", description="split: Ray placement-group strategy of each group's bundles")
     timeout_s: float = Field(120.0, gt=0, description="how long to wait for the cluster to grant the placement groups "
                              "and to place every actor")
+    cpu_threads: Literal["turns", "own"] = Field("turns", description="torch threads of learners and rollout workers. "
+                                                  "turns: in a synchronous run whose learners and rollout workers share "
+                                                  "one node (colocate, or cpu mode on a one-node Ray) the side at work "
+                                                  "also uses the CPUs of the side that waits; own: each actor's own "
+                                                  "CPU share (always so with async rollouts or split placement)")
     autoscaling: bool = Field(False, description="the cluster adds nodes on demand (KubeRay, the Ray autoscaler): skip "
                               "the checks that the nodes present now hold the run and place every actor within timeout_s "
                               "(placement groups still wait timeout_s: raise it to cover node start-up)")

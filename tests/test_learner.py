@@ -35,8 +35,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tiny_model_path, mode
         learner.algo.loss_agg_mode = mode
         learner.update(_batch())
     # Adam's first moment after one step is (1 - beta1) * gradient: compare the gradients themselves
-    for a, b in zip(_first_moments(whole), _first_moments(split)):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-9)
+    assert _same_gradients(_first_moments(whole), _first_moments(split))
 
 
 def test_first_pass_is_on_policy_and_the_adapter_moves(tiny_model_path):
@@ -78,8 +77,7 @@ def test_truncated_importance_sampling_reweights_tokens_by_the_rollout_gap(tiny_
     batch.behaviour_logprobs = exact  # rollout = learner: every weight is 1, the update is unchanged
     for learner in (plain, capped):
         learner.update(batch)
-    for a, b in zip(_first_moments(plain), _first_moments(capped)):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert _same_gradients(_first_moments(plain), _first_moments(capped))  # weights 1 up to float rounding
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     weights = capped._tis_weights(torch.zeros(1, 3), capped._as_tensor([[-2.0, 1.0]], mask, like=torch.zeros(1, 3)), mask)
     assert weights.tolist() == [[2.0, pytest.approx(0.3679, abs=1e-4), 1.0]]  # min(e^2, 2), e^-1, padding
@@ -290,3 +288,79 @@ def test_the_synced_adapter_is_exactly_peft_state_dict(tiny_model_path):
     embedded = load_policy(tiny_model_path, "float32", LoraSection(rank=4, target_modules=["q_proj", "embed_tokens"]),
                            torch.device("cpu"))
     assert adapter_parameters(embedded) is None
+
+
+def _tiny_lm(kind):
+    """A random two-layer LM of the named architecture (no dropout in eval mode), its head frozen."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128)
+    model = {"qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**small)),
+             "llama": lambda: LlamaForCausalLM(LlamaConfig(**small)),
+             "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=48, n_embd=32, n_layer=2, n_head=4, n_positions=128))}[kind]()
+    model.get_output_embeddings().weight.requires_grad_(False)
+    return model.eval()
+
+
+def _shared_prompt_batch():
+    """3 prompts of different lengths, 3 samples each of different lengths, rows interleaved (as mini-batches are)."""
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19]]
+    rows = [(g, s) for s in range(3) for g in range(3)]
+    completions = [[20 + (g * 7 + s * 3 + j) % 25 for j in range(1 + (g * 5 + s * 4) % 7)] + [1] for g, s in rows]
+    return [prompts[g] for g, _ in rows], completions
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "gpt2"])
+def test_a_prompt_run_once_for_its_samples_gives_the_same_logprobs_and_gradients(kind):
+    from actors.policy_model import pad_sequences, token_logprobs
+
+    model = _tiny_lm(kind)
+    prompts, completions = _shared_prompt_batch()
+    ids, attention, response = pad_sequences(prompts, completions, 0, torch.device("cpu"))
+    prompt_lengths = torch.tensor([len(p) for p in prompts])
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.randn(response.shape, generator=torch.Generator().manual_seed(0))
+    results = []
+    for shared in (None, prompt_lengths):
+        for run in (model, lambda **inputs: model(**inputs)):  # the head path and the logits path
+            logp, entropy = token_logprobs(run, ids, attention, 0.7, with_entropy=True, positions=response,
+                                           prompt_lengths=shared)
+            grads = torch.autograd.grad((logp * weights * response).sum(), params)
+            results.append((logp.detach(), entropy, grads))
+    (logp_a, entropy_a, grads_a) = results[0]
+    for logp, entropy, grads in results[1:]:
+        assert torch.allclose(logp, logp_a, atol=1e-5) and torch.allclose(entropy, entropy_a, atol=1e-5)
+        assert _same_gradients(grads_a, grads, rel=1e-4)
+    assert torch.equal(results[2][0][response == 0], torch.zeros_like(logp_a[response == 0]))
+
+
+def test_shared_prompt_updates_match_whole_row_updates_and_keep_a_prompts_samples_together(tiny_model_path):
+    shared = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=4)
+    whole = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=4, share_prompt_forward=False)
+    assert shared._share_prompts and not whole._share_prompts
+    batch = _batch()  # three prompts, four samples each, interleaved
+    for learner in (shared, whole):
+        learner.update(batch)
+    assert _same_gradients(_first_moments(whole), _first_moments(shared), rel=1e-4)
+    prompts = shared._prompt_rows(batch.prompt_ids)
+    micros = shared._micro_batches(torch.randperm(12, generator=torch.Generator().manual_seed(1)),
+                                   torch.tensor([len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]), prompts)
+    assert sorted(i for m, _ in micros for i in m.tolist()) == list(range(12))
+    assert [len(set(prompts["key"][m].tolist())) for m, _ in micros] == [1, 1, 1]  # 4 rows each: one prompt's samples
+
+
+@pytest.mark.parametrize("overrides, shares", [
+    ({}, True), ({"gradient_checkpointing": True}, False), ({"share_prompt_forward": False}, False)])
+def test_prompts_are_shared_only_where_the_cache_is_exact(tiny_model_path, overrides, shares):
+    from types import SimpleNamespace
+
+    from actors.policy_model import shares_prompts
+
+    cfg = load_config(None, [f"trainer.{k}={v}" for k, v in overrides.items()])
+    assert shares_prompts(_tiny_lm("llama"), cfg.trainer) is shares
+    sliding = SimpleNamespace(config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
+    recurrent = SimpleNamespace(config=SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
+    mistral = SimpleNamespace(config=SimpleNamespace(sliding_window=4096))
+    assert not any(shares_prompts(m, cfg.trainer) for m in (sliding, recurrent, mistral))

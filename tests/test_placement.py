@@ -14,9 +14,11 @@ def _where(actor) -> dict:
     import ray
 
     def inspect(_):
+        import torch
+
         context = ray.get_runtime_context()
         return {"group": context.get_placement_group_id(), "gpus": context.get_accelerator_ids()["GPU"],
-                "share": context.get_assigned_resources().get("GPU", 0.0)}
+                "share": context.get_assigned_resources().get("GPU", 0.0), "threads": torch.get_num_threads()}
 
     return ray.get(actor.__ray_call__.remote(inspect))
 
@@ -37,6 +39,30 @@ def test_colocate_puts_the_learner_and_the_rollout_worker_in_one_bundle_on_one_g
     assert learner["group"] == rollout["group"] == group
     assert learner["gpus"] == rollout["gpus"] and len(learner["gpus"]) == 1
     assert (learner["share"], rollout["share"]) == (0.5, 0.5)
+    assert learner["threads"] == rollout["threads"] == 2  # synchronous: each side uses both sides' CPUs in its turn
+
+
+def test_a_synchronous_cpu_run_on_one_node_trains_and_generates_on_every_cpu_of_both_sides(ray_session, tiny_model_path):
+    cfg = load_config("configs/debug_cpu.yaml", [f"model.path={tiny_model_path}", *TINY, "rollout.num_workers=2"])
+    learner, rollout, _ = _workers(cfg, tiny_model_path)
+    assert learner["threads"] == 3 and [r["threads"] for r in rollout] == [1, 1]  # 3 CPUs: 3 for one learner, 1.5 per worker
+
+
+@pytest.mark.parametrize("overrides, one_node, expected", [
+    ([], True, (2, 2)),  # synchronous, one node: each side's turn uses both CPUs
+    ([], False, (1, 1)),  # a multi-node cpu run: the other side may be on another node
+    (["rollout.async=true"], True, (1, 1)),  # both sides work at once
+    (["placement.cpu_threads=own"], True, (1, 1)),
+    (["trainer.cpus_per_learner=2", "rollout.num_workers=3", "rollout.cpus_per_worker=0.5"], True, (3, 1)),
+    (["placement.mode=colocate", "trainer.gpus_per_learner=0.5", "rollout.gpus_per_worker=0.5"], False, (2, 2)),
+    (["placement.mode=split", "trainer.gpus_per_learner=1", "rollout.gpus_per_worker=1"], True, (1, 1)),
+    (["placement.autoscaling=true"], True, (1, 1)),  # nodes may come: nothing says the sides share one
+])
+def test_torch_threads_per_side(overrides, one_node, expected):
+    from actors.placement import threads
+
+    cfg = load_config("configs/debug_cpu.yaml", [*TINY, *overrides])
+    assert threads(cfg, learners=1, one_node=one_node) == expected
 
 
 def test_split_gives_rollout_and_learner_their_own_groups_and_gpus(ray_session, tiny_model_path):
@@ -45,6 +71,7 @@ def test_split_gives_rollout_and_learner_their_own_groups_and_gpus(ray_session, 
     learner, rollout, (learner_group, rollout_group) = _workers(cfg, tiny_model_path)
     assert learner["group"] == learner_group and [r["group"] for r in rollout] == [rollout_group] * 2
     assert learner["share"] == 1.0 and [r["share"] for r in rollout] == [0.5, 0.5]
+    assert learner["threads"] == 1 and [r["threads"] for r in rollout] == [1, 1]  # split: the sides may sit on different nodes
     assert not set(learner["gpus"]) & {g for r in rollout for g in r["gpus"]}  # rollout GPUs apart from the learner's
 
 
