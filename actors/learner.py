@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.policy_model import (initialize_eva, layout_of, load_policy, load_tokenizer, pad_sequences, pick_device,
-                                 reshape_lora, set_threads, shares_prompts, token_logprobs, unpad)
+from actors.policy_model import (PromptRows, initialize_eva, layout_of, load_policy, load_tokenizer, pad_sequences,
+                                 pick_device, reshape_lora, set_threads, shares_prompts, token_logprobs, unpad)
 from actors.sharding import Sharding
 from pipeline import core_algos
 from pipeline.config import AlgorithmConfig, LoraSection, TrainerConfig
@@ -44,7 +44,7 @@ class Learner:
         self._dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()) or any(
             isinstance(v, float) and v > 0 for k, v in (config.to_dict() if config is not None else {}).items()
             if k.endswith("dropout") or k.endswith("dropout_prob"))
-        self._share_prompts = shares_prompts(self.model, self.trainer)
+        self._share_prompts = shares_prompts(self.model, self.trainer, self._dropout)
 
     def _forwards(self):
         """The context of every learner forward: on CUDA, autocast to a half-precision model's dtype."""
@@ -157,16 +157,16 @@ class Learner:
         """Whether pi_old equals the policy of the (only) gradient pass: one epoch, one mini-batch, no dropout."""
         return self.algo.ppo_epochs == 1 and self.trainer.minibatch_size >= samples and not self._dropout
 
-    def _prompt_rows(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor] | None:
-        """Per row: its prompt's token count and an id shared by the rows of one prompt (None: rows run whole)."""
+    def _prompt_rows(self, prompt_ids: list[list[int]]) -> PromptRows | None:
+        """Which rows share a prompt, for shared prompt forwards (None: every row runs whole)."""
         if not self._share_prompts:
             return None
-        ids = {}
-        key = torch.tensor([ids.setdefault(tuple(p), len(ids)) for p in prompt_ids])
-        return {"lengths": torch.tensor([len(p) for p in prompt_ids], device=self.device), "key": key}
+        ids: dict[tuple[int, ...], int] = {}
+        keys = torch.tensor([ids.setdefault(tuple(p), len(ids)) for p in prompt_ids])
+        return PromptRows(torch.tensor([len(p) for p in prompt_ids]), keys)
 
     def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor,
-                       prompts: dict[str, torch.Tensor] | None = None) -> list[tuple[torch.Tensor, int]]:
+                       prompts: PromptRows | None = None) -> list[tuple[torch.Tensor, int]]:
         """`rows` in micro-batches, each with its own padded width (its longest row; rows are right-padded).
 
         trainer.max_tokens_per_micro_batch: rows sorted longest first, packed while rows x width stays
@@ -180,7 +180,7 @@ class Learner:
             rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
         if prompts is not None:  # a prompt's rows together, prompts in the order of their first row
             first: dict[int, int] = {}
-            rank = torch.tensor([first.setdefault(k, len(first)) for k in prompts["key"][rows.cpu()].tolist()])
+            rank = torch.tensor([first.setdefault(k, len(first)) for k in prompts.keys[rows.cpu()].tolist()])
             rows = rows[torch.argsort(rank, stable=True).to(rows.device)]
         if budget is None:
             micros = list(rows.split(self.trainer.micro_batch_size))
@@ -236,7 +236,7 @@ class Learner:
             with self._forwards():
                 logp, entropy = token_logprobs(self.model, data["ids"][micro, :width], data["attention"][micro, :width],
                                                self.temperature, with_entropy=True, positions=response,
-                                               prompt_lengths=self._prompt_lengths(data["prompts"], micro))
+                                               prompts=self._rows_of(data["prompts"], micro))
             old, weights = pick("old"), pick("weights")
             if data["current"] is not None:  # this pass is the policy before the step: pi_old, the gap, the TIS weights
                 current = logp.detach()
@@ -270,7 +270,7 @@ class Learner:
 
     @torch.no_grad()
     def _logprobs_no_grad(self, ids, attention, positions, adapter: bool = True, rows: torch.Tensor | None = None,
-                          lengths: torch.Tensor | None = None, prompts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                          lengths: torch.Tensor | None = None, prompts: PromptRows | None = None) -> torch.Tensor:
         """Per-token log-probs at `positions`, in micro-batches (of `rows` only; zeros elsewhere); adapter=False
         gives the reference policy."""
         out = torch.zeros(positions.shape, device=ids.device, dtype=torch.promote_types(self.model.dtype, torch.float32))
@@ -283,14 +283,14 @@ class Learner:
                 micro = micro.to(ids.device)
                 out[micro, :width - 1] = token_logprobs(self.model, ids[micro, :width], attention[micro, :width], self.temperature,
                                                         positions=positions[micro, :width - 1],
-                                                        prompt_lengths=self._prompt_lengths(prompts, micro))[0]
+                                                        prompts=self._rows_of(prompts, micro))[0]
             for _ in range(idle):
                 token_logprobs(self.model, ids[:1, :int(lengths[0])], attention[:1, :int(lengths[0])], self.temperature)
         return out
 
     @staticmethod
-    def _prompt_lengths(prompts: dict[str, torch.Tensor] | None, micro: torch.Tensor) -> torch.Tensor | None:
-        return None if prompts is None else prompts["lengths"][micro]
+    def _rows_of(prompts: PromptRows | None, micro: torch.Tensor) -> PromptRows | None:
+        return None if prompts is None else prompts[micro.cpu()]
 
     def _behaviour_gap(self, old: torch.Tensor, mask: torch.Tensor, behaviour: list[list[float]], mine: torch.Tensor) -> dict[str, float]:
         """How far the rollout engine's log-probs are from the learner's (a stale or mismatched policy shows here)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ LOGIT_CHUNK_ELEMENTS = 2 ** 24  # vocabulary-sized rows per chunk: 64 MiB of flo
 
 
 def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperature: float, with_entropy: bool = False,
-                   positions: torch.Tensor | None = None, prompt_lengths: torch.Tensor | None = None):
+                   positions: torch.Tensor | None = None, prompts: PromptRows | None = None):
     """log pi(token_{t+1} | prefix) at the sampling temperature (and the entropy there, as a detached metric).
 
     Returns (B, L-1) tensors aligned with next-token prediction (position t predicts token t+1), filled
@@ -204,8 +205,8 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
     log-probs are `logits[token] - logsumexp(logits)`, computed a chunk of rows at a time, and the
     gradient needs no (tokens x vocabulary) tensor either (see `_HeadLogprobs`): memory is linear in
     the sequence length. A plain callable (not a module with an output head) gets the logits path.
-    With `prompt_lengths` (rows' prompt token counts; `positions` within the completions), rows that share
-    a prompt run it once (`_shared_prompt_states`).
+    With `prompts` (which rows share a prompt; `positions` within the completions), each distinct prompt
+    runs once when that saves compute (`_shared_prompt_states`).
     """
     if positions is None:
         positions = attention[:, 1:]
@@ -214,10 +215,11 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
     parts = _output_head(model)
     head = None if parts is None else parts[2]
     with _head_removed(parts):  # without a separable head the model's outputs are logits
-        if prompt_lengths is None:
+        plan = None if prompts is None else _prompt_plan(attention, positions, prompts)
+        if plan is None:
             states = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1][positions]
         else:
-            states = _shared_prompt_states(model, ids, attention, positions, prompt_lengths)
+            states = _shared_prompt_states(model, ids, attention, positions, plan)
     if head is None:
         picked, entropy = _logprobs_of_logits(states, targets, temperature, with_entropy)
     else:
@@ -243,48 +245,92 @@ def _head_removed(parts):
         setattr(base, name, head)
 
 
+@dataclass
+class PromptRows:
+    """Per row of a batch: its prompt's token count and an id equal for the rows of one prompt."""
+
+    lengths: torch.Tensor
+    keys: torch.Tensor
+
+    def __getitem__(self, rows: torch.Tensor) -> "PromptRows":
+        return PromptRows(self.lengths[rows], self.keys[rows])
+
+
+@dataclass
+class _PromptPlan:
+    index: torch.Tensor  # row -> its distinct prompt
+    first: torch.Tensor  # distinct prompt -> a row holding it
+    lengths: torch.Tensor  # rows' prompt lengths
+    width: int  # longest prompt
+    span: int  # longest completion
+
+
+def _prompt_plan(attention: torch.Tensor, positions: torch.Tensor, prompts: PromptRows) -> _PromptPlan | None:
+    """How to run each distinct prompt once, or None when that would not save tokens: prompts x longest prompt
+    plus rows x longest completion must be fewer than rows x longest row (distinct prompts whose lengths run
+    against their completions' would cost more)."""
+    lengths = prompts.lengths.to(attention.device)
+    row, column = positions.nonzero(as_tuple=True)
+    if bool((column + 1 < lengths[row]).any()):
+        raise ValueError("shared prompt forwards give log-probs of completion tokens only; a position lies in a prompt")
+    keys, index = torch.unique(prompts.keys.to(attention.device), return_inverse=True)
+    first = torch.full((len(keys),), len(index), device=attention.device).scatter_reduce(
+        0, index, torch.arange(len(index), device=attention.device), "amin")
+    totals = attention.sum(-1)
+    width, span = int(lengths.max()), max(int((totals - lengths).max()), 1)
+    if len(keys) * width + len(index) * span >= len(index) * int(totals.max()):
+        return None
+    return _PromptPlan(index, first, lengths, width, span)
+
+
 def _shared_prompt_states(model, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
-                          prompt_lengths: torch.Tensor) -> torch.Tensor:
+                          plan: _PromptPlan) -> torch.Tensor:
     """The model's outputs at `positions` (row-major), each distinct prompt run once: GRPO's n samples of a
     prompt differ only after it, so its keys/values are computed once, copied to its rows, and the
     completions run on top of them (the same numbers up to float rounding, and the gradient reaches the
     prompt through the copies). Prompts and completions are right-padded; pads in between are masked,
     and position ids count real tokens only, so every row sees exactly its own unpadded sequence."""
-    device, lengths = ids.device, attention.sum(-1)
-    rows = ids.tolist()
-    plen = prompt_lengths.to(device)
-    keys = [tuple(row[:n]) for row, n in zip(rows, prompt_lengths.tolist())]
-    distinct = list(dict.fromkeys(keys))
-    slot = {key: i for i, key in enumerate(distinct)}
-    index = torch.tensor([slot[k] for k in keys], device=device)
-    width = max(map(len, distinct))
-    prompt_ids = torch.tensor([list(k) + [0] * (width - len(k)) for k in distinct], device=device)
-    prompt_mask = (torch.arange(width, device=device) < torch.tensor([len(k) for k in distinct], device=device).unsqueeze(1)).long()
+    device, plen, steps = ids.device, plan.lengths, torch.arange(max(plan.width, plan.span), device=ids.device)
+    prompt_mask = (steps[:plan.width] < plen[plan.first].unsqueeze(1)).long()
+    prompt_ids = ids[plan.first, :plan.width] * prompt_mask
     prompt = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True,
-                   position_ids=torch.arange(width, device=device).expand(len(distinct), -1))
+                   position_ids=steps[:plan.width].expand(len(plan.first), -1))
     cache = prompt.past_key_values
-    cache.reorder_cache(index)  # one copy of its prompt's keys/values per row (differentiable)
-    span = max(int((lengths - plen).max()), 1)
-    columns = plen.unsqueeze(1) + torch.arange(span, device=device)  # each row's completion tokens
-    completion_mask = columns < lengths.unsqueeze(1)
+    cache.reorder_cache(plan.index)  # one copy of its prompt's keys/values per row (differentiable)
+    columns = plen.unsqueeze(1) + steps[:plan.span]  # each row's completion tokens
+    completion_mask = columns < attention.sum(-1).unsqueeze(1)
     completion_ids = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(~completion_mask, 0)
-    completion = model(input_ids=completion_ids, attention_mask=torch.cat([prompt_mask[index], completion_mask.long()], 1),
+    completion = model(input_ids=completion_ids, attention_mask=torch.cat([prompt_mask[plan.index], completion_mask.long()], 1),
                        position_ids=columns, past_key_values=cache, use_cache=True)
     # the output predicting completion token j: the prompt's last position for j = 0, completion position j-1 after
-    last = prompt.logits[index, plen - 1].unsqueeze(1)
+    last = prompt.logits[plan.index, plen - 1].unsqueeze(1)
     states = torch.cat([last, completion.logits[:, :-1]], 1)
     row, column = positions.nonzero(as_tuple=True)  # column t predicts token t+1 = completion token t+1-prompt length
     return states[row, column + 1 - plen[row]]
 
 
-def shares_prompts(model, trainer) -> bool:
-    """Whether a learner runs each distinct prompt once per micro-batch (trainer.share_prompt_forward): not under
-    gradient checkpointing (it turns the key/value cache off) or FSDP (a forward is a collective whose count
-    ranks agree on), and only when every layer attends to the whole sequence (a sliding window counts cache
-    slots, which the padding between prompt and completion would shift; recurrent layers have no such cache)."""
-    if not trainer.share_prompt_forward or trainer.gradient_checkpointing or trainer.fsdp:
+# Architectures whose shared prompt forward was checked against whole rows (log-probs, entropies and gradients
+# equal to float rounding; tiny random models, prompts of different lengths). Others run whole rows: a position
+# bias counted in cache slots (MPT's ALiBi), local attention described in their own terms (GPT-Neo) or a
+# recurrent state (RWKV, Mamba) would not see what a whole row sees.
+SHARED_PROMPT_MODELS = frozenset({
+    "apertus", "arcee", "bloom", "codegen", "cohere", "deepseek_v2", "deepseek_v3", "diffllama", "ernie4_5", "falcon",
+    "gemma", "glm4", "glm4_moe", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "granite", "helium", "hunyuan_v1_dense",
+    "jetmoe", "llama", "mistral", "mixtral", "olmo", "olmo2", "olmoe", "opt", "persimmon", "phi3", "phimoe", "qwen2",
+    "qwen2_moe", "qwen3", "qwen3_moe", "seed_oss", "smollm3", "stablelm", "starcoder2", "xglm"})
+
+
+def shares_prompts(model, trainer, dropout: bool = False) -> bool:
+    """Whether a learner runs each distinct prompt once per micro-batch (trainer.share_prompt_forward): for the
+    architectures in SHARED_PROMPT_MODELS whose every layer attends to the whole sequence (a sliding window
+    counts cache slots, which the padding between prompt and completion would shift); not under gradient
+    checkpointing (it turns the key/value cache off), FSDP (a forward is a collective whose count ranks agree
+    on) or live dropout (one mask on a prompt would serve all its samples)."""
+    if not trainer.share_prompt_forward or trainer.gradient_checkpointing or trainer.fsdp or dropout:
         return False
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "model_type", None) not in SHARED_PROMPT_MODELS:
+        return False
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         return all(kind == "full_attention" for kind in layer_types)

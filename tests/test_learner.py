@@ -1,4 +1,6 @@
 """The learner driven in-process (no Ray): loss invariances that must hold exactly."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -290,16 +292,24 @@ def test_the_synced_adapter_is_exactly_peft_state_dict(tiny_model_path):
     assert adapter_parameters(embedded) is None
 
 
-def _tiny_lm(kind):
+SMALL = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128)
+ARCHITECTURES = {  # model_type -> config overrides for a tiny random model
+    "qwen2": {}, "llama": {}, "mistral": {"sliding_window": None}, "phi3": {"pad_token_id": 0}, "gemma": {"head_dim": 8},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
+    "opt": {"ffn_dim": 64, "word_embed_proj_dim": 32}, "bloom": {"n_layer": 2, "n_head": 4},
+    "gpt_neox": {},
+}
+
+
+def _tiny_lm(kind, **overrides):
     """A random two-layer LM of the named architecture (no dropout in eval mode), its head frozen."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    small = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=128)
-    model = {"qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**small)),
-             "llama": lambda: LlamaForCausalLM(LlamaConfig(**small)),
-             "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=48, n_embd=32, n_layer=2, n_head=4, n_positions=128))}[kind]()
+    config = AutoConfig.for_model(kind, **{**SMALL, **ARCHITECTURES.get(kind, {}), **overrides})
+    model = AutoModelForCausalLM.from_config(config)
     model.get_output_embeddings().weight.requires_grad_(False)
     return model.eval()
 
@@ -309,24 +319,25 @@ def _shared_prompt_batch():
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 19]]
     rows = [(g, s) for s in range(3) for g in range(3)]
     completions = [[20 + (g * 7 + s * 3 + j) % 25 for j in range(1 + (g * 5 + s * 4) % 7)] + [1] for g, s in rows]
-    return [prompts[g] for g, _ in rows], completions
+    return [prompts[g] for g, _ in rows], completions, torch.tensor([g for g, _ in rows])
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "llama", "gpt2"])
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
 def test_a_prompt_run_once_for_its_samples_gives_the_same_logprobs_and_gradients(kind):
-    from actors.policy_model import pad_sequences, token_logprobs
+    from actors.policy_model import PromptRows, _prompt_plan, pad_sequences, shares_prompts, token_logprobs
 
     model = _tiny_lm(kind)
-    prompts, completions = _shared_prompt_batch()
+    assert shares_prompts(model, load_config(None, []).trainer)
+    prompts, completions, keys = _shared_prompt_batch()
     ids, attention, response = pad_sequences(prompts, completions, 0, torch.device("cpu"))
-    prompt_lengths = torch.tensor([len(p) for p in prompts])
+    rows = PromptRows(torch.tensor([len(p) for p in prompts]), keys)
+    assert _prompt_plan(attention, response.bool(), rows) is not None  # the shared path is the one taken
     params = [p for p in model.parameters() if p.requires_grad]
     weights = torch.randn(response.shape, generator=torch.Generator().manual_seed(0))
     results = []
-    for shared in (None, prompt_lengths):
+    for shared in (None, rows):
         for run in (model, lambda **inputs: model(**inputs)):  # the head path and the logits path
-            logp, entropy = token_logprobs(run, ids, attention, 0.7, with_entropy=True, positions=response,
-                                           prompt_lengths=shared)
+            logp, entropy = token_logprobs(run, ids, attention, 0.7, with_entropy=True, positions=response, prompts=shared)
             grads = torch.autograd.grad((logp * weights * response).sum(), params)
             results.append((logp.detach(), entropy, grads))
     (logp_a, entropy_a, grads_a) = results[0]
@@ -334,6 +345,18 @@ def test_a_prompt_run_once_for_its_samples_gives_the_same_logprobs_and_gradients
         assert torch.allclose(logp, logp_a, atol=1e-5) and torch.allclose(entropy, entropy_a, atol=1e-5)
         assert _same_gradients(grads_a, grads, rel=1e-4)
     assert torch.equal(results[2][0][response == 0], torch.zeros_like(logp_a[response == 0]))
+
+
+def test_prompts_run_whole_when_sharing_would_not_save_tokens():
+    from actors.policy_model import PromptRows, _prompt_plan, pad_sequences
+
+    prompts = [[5] * 12, [6] * 2, [7] * 7]  # distinct prompts, the long ones with short completions
+    completions = [[8] * 2, [9] * 12, [10] * 7]
+    ids, attention, response = pad_sequences(prompts, completions, 0, torch.device("cpu"))
+    rows = PromptRows(torch.tensor([12, 2, 7]), torch.arange(3))
+    assert _prompt_plan(attention, response.bool(), rows) is None  # 3 x 12 + 3 x 12 > 3 x 14
+    with pytest.raises(ValueError, match="completion tokens only"):
+        _prompt_plan(attention, attention[:, 1:].bool(), PromptRows(rows.lengths, torch.zeros(3, dtype=torch.long)))
 
 
 def test_shared_prompt_updates_match_whole_row_updates_and_keep_a_prompts_samples_together(tiny_model_path):
@@ -348,19 +371,31 @@ def test_shared_prompt_updates_match_whole_row_updates_and_keep_a_prompts_sample
     micros = shared._micro_batches(torch.randperm(12, generator=torch.Generator().manual_seed(1)),
                                    torch.tensor([len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]), prompts)
     assert sorted(i for m, _ in micros for i in m.tolist()) == list(range(12))
-    assert [len(set(prompts["key"][m].tolist())) for m, _ in micros] == [1, 1, 1]  # 4 rows each: one prompt's samples
+    assert [len(set(prompts.keys[m].tolist())) for m, _ in micros] == [1, 1, 1]  # 4 rows each: one prompt's samples
 
 
-@pytest.mark.parametrize("overrides, shares", [
-    ({}, True), ({"gradient_checkpointing": True}, False), ({"share_prompt_forward": False}, False)])
-def test_prompts_are_shared_only_where_the_cache_is_exact(tiny_model_path, overrides, shares):
-    from types import SimpleNamespace
+@pytest.mark.parametrize("kind, overrides", [
+    ("mistral", {"sliding_window": 4096}),  # a window counts cache slots: the padding would shift it
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 0}),
+    ("gemma2", {"head_dim": 8}),  # alternating local and global layers
+    ("gpt_neo", {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "attention_types": [[["global", "local"], 1]]}),
+    ("mpt", {"d_model": 32, "n_heads": 4, "n_layers": 2}),  # ALiBi counted in cache slots
+    ("rwkv", {"hidden_size": 32, "num_hidden_layers": 2}),  # a recurrent state, no key/value cache
+])
+def test_architectures_where_a_cached_prompt_is_not_exact_run_whole_rows(kind, overrides):
+    from transformers import AutoConfig
 
     from actors.policy_model import shares_prompts
 
+    config = AutoConfig.for_model(kind, **overrides)
+    assert not shares_prompts(SimpleNamespace(config=config), load_config(None, []).trainer)
+
+
+@pytest.mark.parametrize("overrides, dropout, shares", [
+    ({}, False, True), ({}, True, False), ({"gradient_checkpointing": True}, False, False),
+    ({"share_prompt_forward": False}, False, False)])
+def test_prompts_are_shared_only_where_the_cache_is_exact(overrides, dropout, shares):
+    from actors.policy_model import shares_prompts
+
     cfg = load_config(None, [f"trainer.{k}={v}" for k, v in overrides.items()])
-    assert shares_prompts(_tiny_lm("llama"), cfg.trainer) is shares
-    sliding = SimpleNamespace(config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
-    recurrent = SimpleNamespace(config=SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
-    mistral = SimpleNamespace(config=SimpleNamespace(sliding_window=4096))
-    assert not any(shares_prompts(m, cfg.trainer) for m in (sliding, recurrent, mistral))
+    assert shares_prompts(_tiny_lm("llama"), cfg.trainer, dropout) is shares
