@@ -1,7 +1,6 @@
 """The `hf` rollout backend: transformers `generate` on the policy with the current LoRA adapter."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -81,10 +80,12 @@ class HFEngine:
         bare = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         bare.generation_config = GenerationConfig()  # generate() would fill unset options from the checkpoint's
         self._unadapted: dict[Any, torch.Tensor] = {}  # LoRA layer -> its base weight, while the adapter is folded in
+        self._folded = self._foldable()
 
     def reshape_lora(self, layout: dict[str, Any]) -> None:
         self._unfold()
         self.model = reshape_lora(self.model, self.lora, layout).to(self.device).eval()
+        self._folded = self._foldable()
 
     def sleep(self) -> None:
         if self.device.type == "cuda":
@@ -123,21 +124,23 @@ class HFEngine:
 
     @torch.no_grad()
     def _fold(self) -> None:
-        """Each base weight set to W + scale * B A, from the kept original W (nothing accumulates across syncs);
-        generation and log-probs then run the base layers alone (`_adapter_bypassed`)."""
-        for layer in self._foldable():
+        """Each base weight set to W + scale * B A in one fused op from the kept original W (nothing accumulates
+        across syncs), and the layer's adapter switched off: generation and log-probs run the base layers alone."""
+        for layer in self._folded:
             weight = layer.get_base_layer().weight
-            original = self._unadapted.setdefault(layer, weight.detach().clone())
-            weight.copy_(original + layer.get_delta_weight("default"))
+            if layer not in self._unadapted:
+                self._unadapted[layer] = weight.detach().clone()
+                layer.enable_adapters(False)
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            mat1, mat2 = (a.T, b.T) if layer.fan_in_fan_out else (b, a)  # Conv1D (GPT-2) stores W transposed
+            torch.addmm(self._unadapted[layer], mat1, mat2, alpha=layer.scaling["default"], out=weight)
 
     @torch.no_grad()
     def _unfold(self) -> None:
         for layer, original in self._unadapted.items():
             layer.get_base_layer().weight.copy_(original)
+            layer.enable_adapters(True)
         self._unadapted.clear()
-
-    def _adapter_bypassed(self):
-        return self.model.disable_adapter() if self._unadapted else contextlib.nullcontext()
 
     def load_merged(self, weights: dict[str, torch.Tensor], version: int) -> None:
         """Full weights, in place (the engine runs the bare model: rollout.weight_sync=merged)."""
@@ -154,22 +157,21 @@ class HFEngine:
         # one stream per chunk, from the step seed and the chunk's groups: a chunk redone gives the same samples
         torch.manual_seed(derive_seed(sampling.seed, *(p.group_id for p in prompts)))
         greedy = sampling.temperature == 0
-        with self._adapter_bypassed():  # the adapter folded into the weights (`_fold`), or run as it is
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=attention,
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None if greedy else sampling.top_k,
-                max_new_tokens=min(sampling.max_new_tokens, max(room)),
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=sorted(self.eos),
-                stopping_criteria=StoppingCriteriaList([NewTextStop(sampling.stop, self.eos, [p.prompt_ids for p in expanded],
-                                                                    self.tokenizer)] if sampling.stop else []),
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=attention,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else sampling.top_k,
+            max_new_tokens=min(sampling.max_new_tokens, max(room)),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos),
+            stopping_criteria=StoppingCriteriaList([NewTextStop(sampling.stop, self.eos, [p.prompt_ids for p in expanded],
+                                                                self.tokenizer)] if sampling.stop else []),
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         new_tokens = out.sequences[:, ids.shape[1] :].cpu()
         logits = torch.stack(out.logits, dim=1).float() / (sampling.temperature if not greedy else 1.0)
         logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1).to(logits.device)).squeeze(-1).cpu()
@@ -192,6 +194,5 @@ class HFEngine:
     @torch.no_grad()
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         ids, attention, mask = pad_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
-        with self._adapter_bypassed():
-            logp, _ = token_logprobs(self.model, ids, attention, temperature)
+        logp, _ = token_logprobs(self.model, ids, attention, temperature)
         return unpad(logp, mask)

@@ -41,6 +41,7 @@ class Placement:
     rollout: list[dict[str, Any]] = field(default_factory=list)  # one per rollout worker
     learner_threads: int = 1  # torch threads per learner and per rollout worker (see `threads`)
     rollout_threads: int = 1
+    turns: bool = False  # the two sides take turns on one node's CPUs: never run them at once
     groups: list[PlacementGroup] = field(default_factory=list)
 
     def release(self) -> None:
@@ -95,7 +96,7 @@ def plan(cfg: Config, learners: int) -> Placement:
     placement = Placement(demands(cfg, learners), [_reward(cfg) for _ in range(cfg.reward.num_workers)], _consensus(cfg))
     if not cfg.placement.autoscaling:  # an autoscaling cluster adds nodes on demand: what exists now is no limit
         check_fit(placement.requests)
-    placement.learner_threads, placement.rollout_threads = threads(cfg, learners, one_node=len(_nodes()) == 1)
+    placement.learner_threads, placement.rollout_threads, placement.turns = threads(cfg, learners, one_node=len(_nodes()) == 1)
     if mode == "cpu":
         placement.learners, placement.rollout = [dict(learner) for _ in range(learners)], [dict(worker) for _ in range(r.num_workers)]
         return placement
@@ -119,18 +120,18 @@ def plan(cfg: Config, learners: int) -> Placement:
     return placement
 
 
-def threads(cfg: Config, learners: int, one_node: bool) -> tuple[int, int]:
-    """Torch threads per learner and per rollout worker. Each actor's own CPU share, except when the two sides
-    take turns on one node (placement.cpu_threads=turns, synchronous rollouts, colocate or a one-node cpu run):
-    the learners train while the rollout workers wait and the other way round, so the side at work uses the
-    CPUs of both (a 2-core machine trains 1.7x faster on two threads than on one)."""
+def threads(cfg: Config, learners: int, one_node: bool) -> tuple[int, int, bool]:
+    """Torch threads per learner and per rollout worker, and whether the two sides take turns. Each actor's own
+    CPU share, except when they take turns on one node (placement.cpu_threads=turns, synchronous rollouts,
+    colocate or a one-node cpu run): the learners train while the rollout workers wait and the other way
+    round, so the side at work uses the CPUs of both (a 2-core machine trains 1.7x faster on two threads)."""
     own = max(1, int(cfg.trainer.cpus_per_learner)), max(1, int(cfg.rollout.cpus_per_worker))
     mode = cfg.placement.mode
     shared_node = mode == "colocate" or (mode == "cpu" and one_node and not cfg.placement.autoscaling)
     if cfg.placement.cpu_threads != "turns" or cfg.rollout.async_ or not shared_node or not learners:
-        return own
+        return *own, False
     pool = learners * cfg.trainer.cpus_per_learner + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
-    return max(own[0], int(pool // learners)), max(own[1], int(pool // cfg.rollout.num_workers))
+    return max(own[0], int(pool // learners)), max(own[1], int(pool // cfg.rollout.num_workers)), True
 
 
 def _learner(cfg: Config) -> dict[str, Any]:

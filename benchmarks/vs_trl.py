@@ -18,9 +18,11 @@ Both sides get the same things:
   * loss: TRL's default `loss_type="dapo"` (token-mean over the whole batch) = rlpost's grpo `token-mean` with one
     mini-batch; clip 0.2, no KL (TRL's default beta=0); group-normalised advantages (TRL divides by std + 1e-4,
     rlpost by std + 1e-6, both unbiased std);
-  * threads: TRL in one process with 1 torch thread, no vLLM, bf16 off, gradient checkpointing off (its GRPO
-    default is on, which costs a recomputed forward per step); rlpost with one CPU (thread) per actor
-    (one rollout worker, one learner, a reward worker with a quarter CPU).
+  * threads: TRL in one process, no vLLM, bf16 off, gradient checkpointing off (its GRPO default is on, which
+    costs a recomputed forward per step), run twice: 1 torch thread (arm `trl`) and 2 (`trl_2t`); ratios are
+    against the faster of the two. rlpost with one CPU per actor (one rollout worker, one learner, a reward
+    worker with a quarter CPU); in the sync arms the side at work uses both CPUs (placement.cpu_threads=turns,
+    the default), `hf_sync_own` keeps one thread per actor.
 
 Measured per run (a subprocess each): median step time after --skip warm-up steps, generation share (TRL: time
 in its `_generate_single_turn`; rlpost: `time/generate`), rlpost's phase split (generate / score / train / sync /
@@ -28,8 +30,9 @@ other), start-up, and held-out greedy accuracy of the trained policy (the same e
 the mean training reward of the greedy answers (in the long regime exact match of 74 characters stays near 0 at this
 scale, so the partial-credit reward is where learning shows). "Not worse" = rlpost's mean over seeds is at least
 TRL's mean less the larger of its spread over seeds and one standard error over the test set, on both.
-rlpost arms: hf_sync (the default shape), vllm_sync, vllm_async, hf_async. Prints a ratio table (rlpost s/step
-over TRL s/step) and writes benchmarks/results/vs_trl.json (vs_trl_quick.json with --quick) and a PNG beside it.
+rlpost arms: hf_sync (the default shape), vllm_sync, vllm_async, hf_async, hf_sync_own. Prints a ratio table
+(rlpost s/step over the faster TRL arm's) and writes benchmarks/results/vs_trl.json (vs_trl_quick.json with
+--quick) and a PNG beside it.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ ARMS = {  # rlpost arm -> config overrides
     "vllm_sync": ["rollout.backend=vllm", "rollout.async=false"],
     "vllm_async": ["rollout.backend=vllm", "rollout.async=true"],
     "hf_async": ["rollout.backend=hf", "rollout.async=true"],
+    "hf_sync_own": ["rollout.backend=hf", "rollout.async=false", "placement.cpu_threads=own"],  # one thread per actor
 }
 TRL_ARMS = {"trl": 1, "trl_2t": 2}  # TRL arm -> torch threads; the faster one is the baseline
 PHASES = ("generate", "score", "train", "sync")

@@ -49,14 +49,14 @@ def test_a_synchronous_cpu_run_on_one_node_trains_and_generates_on_every_cpu_of_
 
 
 @pytest.mark.parametrize("overrides, one_node, expected", [
-    ([], True, (2, 2)),  # synchronous, one node: each side's turn uses both CPUs
-    ([], False, (1, 1)),  # a multi-node cpu run: the other side may be on another node
-    (["rollout.async=true"], True, (1, 1)),  # both sides work at once
-    (["placement.cpu_threads=own"], True, (1, 1)),
-    (["trainer.cpus_per_learner=2", "rollout.num_workers=3", "rollout.cpus_per_worker=0.5"], True, (3, 1)),
-    (["placement.mode=colocate", "trainer.gpus_per_learner=0.5", "rollout.gpus_per_worker=0.5"], False, (2, 2)),
-    (["placement.mode=split", "trainer.gpus_per_learner=1", "rollout.gpus_per_worker=1"], True, (1, 1)),
-    (["placement.autoscaling=true"], True, (1, 1)),  # nodes may come: nothing says the sides share one
+    ([], True, (2, 2, True)),  # synchronous, one node: each side's turn uses both CPUs
+    ([], False, (1, 1, False)),  # a multi-node cpu run: the other side may be on another node
+    (["rollout.async=true"], True, (1, 1, False)),  # both sides work at once
+    (["placement.cpu_threads=own"], True, (1, 1, False)),
+    (["trainer.cpus_per_learner=2", "rollout.num_workers=3", "rollout.cpus_per_worker=0.5"], True, (3, 1, True)),
+    (["placement.mode=colocate", "trainer.gpus_per_learner=0.5", "rollout.gpus_per_worker=0.5"], False, (2, 2, True)),
+    (["placement.mode=split", "trainer.gpus_per_learner=1", "rollout.gpus_per_worker=1"], True, (1, 1, False)),
+    (["placement.autoscaling=true"], True, (1, 1, False)),  # nodes may come: nothing says the sides share one
 ])
 def test_torch_threads_per_side(overrides, one_node, expected):
     from actors.placement import threads
