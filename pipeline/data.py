@@ -279,5 +279,24 @@ def load_prompts(cfg: Config, tokenizer: Any) -> tuple[dict[str, list[Prompt]], 
                    "question": question}  # the computed ones win over same-named dataset columns
         return Prompt(row.source, encode_prompt(tokenizer, text, templated), columns)
 
-    return ({s: [encode(r) for r in rows] for s, rows in train_rows.items()},
-            {s: [encode(r) for r in rows] for s, rows in test_rows.items() if rows})
+    train = {s: [encode(r) for r in rows] for s, rows in train_rows.items()}
+    test = {s: [encode(r) for r in rows] for s, rows in test_rows.items() if rows}
+    limit = cfg.data.max_prompt_tokens
+    if limit is None:
+        return train, test
+    kept = [_within(prompts, limit, split) for prompts, split in ((train, "train"), (test, "test"))]
+    empty = [s for s, prompts in kept[0].items() if not prompts]
+    if empty:
+        raise DataError(f"every training prompt of source(s) {', '.join(empty)} is longer than data.max_prompt_tokens={limit}")
+    return kept[0], {s: prompts for s, prompts in kept[1].items() if prompts}
+
+
+def _within(prompts: dict[str, list[Prompt]], limit: int, split: str) -> dict[str, list[Prompt]]:
+    """The prompts of at most `limit` tokens; says how many of each source were left out."""
+    kept = {s: [p for p in ps if len(p.ids) <= limit] for s, ps in prompts.items()}
+    dropped = {s: len(prompts[s]) - len(kept[s]) for s in prompts if len(kept[s]) < len(prompts[s])}
+    if dropped:
+        total = sum(map(len, prompts.values()))
+        print(f"data: left out {sum(dropped.values())} of {total} {split} prompts longer than data.max_prompt_tokens={limit} "
+              f"({', '.join(f'{s}: {n}' for s, n in dropped.items())})")
+    return kept

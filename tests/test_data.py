@@ -183,3 +183,20 @@ def test_system_prompt_goes_before_the_chat_template_or_the_plain_text():
     messages = Row("s", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "4")
     with pytest.raises(DataError, match="already start with a system message"):
         prompt_text(messages, chat, "auto", "Think step by step.")
+
+
+def test_prompts_over_the_token_limit_are_left_out_and_counted(tmp_path, capsys):
+    from pipeline.config import Config
+    from pipeline.data import load_prompts
+
+    rows = [{"prompt": "q" * n, "answer": "1", "source": src} for n, src in [(3, "a"), (9, "a"), (12, "a"), (4, "b"), (5, "b")]]
+    tests = [{"prompt": "q" * n, "answer": "1", "source": "a"} for n in (2, 20)]
+    data = dict(files=[_jsonl(tmp_path / "t.jsonl", rows)], test_files=[_jsonl(tmp_path / "e.jsonl", tests)], chat_template="never")
+    train, test = load_prompts(Config(data=DataConfig(**data, max_prompt_tokens=9)), _PlainTokenizer())
+    assert {s: [len(p.ids) for p in ps] for s, ps in train.items()} == {"a": [3, 9], "b": [4, 5]}
+    assert [len(p.ids) for p in test["a"]] == [2]
+    out = capsys.readouterr().out
+    assert "left out 1 of 5 train prompts longer than data.max_prompt_tokens=9 (a: 1)" in out
+    assert "left out 1 of 2 test prompts" in out
+    with pytest.raises(DataError, match=r"source\(s\) a, b is longer than data.max_prompt_tokens=2"):
+        load_prompts(Config(data=DataConfig(**data, max_prompt_tokens=2)), _PlainTokenizer())
