@@ -92,6 +92,7 @@ class Learner:
         if fsdp:
             self.ranks.shard(self.model, self.device)
             self._build_optimizer()  # the parameters are sharded tensors now
+            self._share_prompts = False  # each forward is a collective: every rank must run the same ones
 
     def _my_rows(self, group_ids: list[int]) -> torch.Tensor:
         """This rank's samples: whole groups, dealt round-robin in order of first appearance."""

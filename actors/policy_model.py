@@ -324,9 +324,9 @@ def shares_prompts(model, trainer, dropout: bool = False) -> bool:
     """Whether a learner runs each distinct prompt once per micro-batch (trainer.share_prompt_forward): for the
     architectures in SHARED_PROMPT_MODELS whose every layer attends to the whole sequence (a sliding window
     counts cache slots, which the padding between prompt and completion would shift); not under gradient
-    checkpointing (it turns the key/value cache off), FSDP (a forward is a collective whose count ranks agree
-    on) or live dropout (one mask on a prompt would serve all its samples)."""
-    if not trainer.share_prompt_forward or trainer.gradient_checkpointing or trainer.fsdp or dropout:
+    checkpointing (it turns the key/value cache off) or live dropout (one mask on a prompt would serve all its
+    samples). FSDP turns it off when it shards the model (`Learner.join_group`)."""
+    if not trainer.share_prompt_forward or trainer.gradient_checkpointing or dropout:
         return False
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if getattr(config, "model_type", None) not in SHARED_PROMPT_MODELS:
