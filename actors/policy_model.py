@@ -219,7 +219,7 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, temperatur
         if plan is None:
             states = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1][positions]
         else:
-            states = _shared_prompt_states(model, ids, attention, positions, plan)
+            states = _shared_prompt_states(model, ids, plan)
     if head is None:
         picked, entropy = _logprobs_of_logits(states, targets, temperature, with_entropy)
     else:
@@ -261,6 +261,8 @@ class _PromptPlan:
     index: torch.Tensor  # row -> its distinct prompt
     first: torch.Tensor  # distinct prompt -> a row holding it
     lengths: torch.Tensor  # rows' prompt lengths
+    totals: torch.Tensor  # rows' prompt + completion lengths
+    at: tuple[torch.Tensor, torch.Tensor]  # (row, column) of each position asked for, row-major
     width: int  # longest prompt
     span: int  # longest completion
 
@@ -280,12 +282,11 @@ def _prompt_plan(attention: torch.Tensor, positions: torch.Tensor, prompts: Prom
     width, span = int(lengths.max()), max(int((totals - lengths).max()), 1)
     if len(keys) * width + len(index) * span >= len(index) * int(totals.max()):
         return None
-    return _PromptPlan(index, first, lengths, width, span)
+    return _PromptPlan(index, first, lengths, totals, (row, column), width, span)
 
 
-def _shared_prompt_states(model, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
-                          plan: _PromptPlan) -> torch.Tensor:
-    """The model's outputs at `positions` (row-major), each distinct prompt run once: GRPO's n samples of a
+def _shared_prompt_states(model, ids: torch.Tensor, plan: _PromptPlan) -> torch.Tensor:
+    """The model's outputs at the plan's positions (row-major), each distinct prompt run once: GRPO's n samples of a
     prompt differ only after it, so its keys/values are computed once, copied to its rows, and the
     completions run on top of them (the same numbers up to float rounding, and the gradient reaches the
     prompt through the copies). Prompts and completions are right-padded; pads in between are masked,
@@ -298,14 +299,14 @@ def _shared_prompt_states(model, ids: torch.Tensor, attention: torch.Tensor, pos
     cache = prompt.past_key_values
     cache.reorder_cache(plan.index)  # one copy of its prompt's keys/values per row (differentiable)
     columns = plen.unsqueeze(1) + steps[:plan.span]  # each row's completion tokens
-    completion_mask = columns < attention.sum(-1).unsqueeze(1)
+    completion_mask = columns < plan.totals.unsqueeze(1)
     completion_ids = ids.gather(1, columns.clamp(max=ids.shape[1] - 1)).masked_fill(~completion_mask, 0)
     completion = model(input_ids=completion_ids, attention_mask=torch.cat([prompt_mask[plan.index], completion_mask.long()], 1),
                        position_ids=columns, past_key_values=cache, use_cache=True)
     # the output predicting completion token j: the prompt's last position for j = 0, completion position j-1 after
     last = prompt.logits[plan.index, plen - 1].unsqueeze(1)
     states = torch.cat([last, completion.logits[:, :-1]], 1)
-    row, column = positions.nonzero(as_tuple=True)  # column t predicts token t+1 = completion token t+1-prompt length
+    row, column = plan.at  # column t predicts token t+1 = completion token t+1-prompt length
     return states[row, column + 1 - plen[row]]
 
 
