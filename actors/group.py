@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,15 @@ class SyncError(RlpostError):
 
 class LearnerDied(RlpostError):
     """A learner actor died: the run ends (resumable from its latest checkpoint)."""
+
+
+@contextmanager
+def _learners_kept():
+    """The pools recover rollout and reward workers; a learner is not recovered: its death ends the run."""
+    try:
+        yield
+    except RayActorError as err:
+        raise LearnerDied(f"the learner actor died ({str(err).splitlines()[0]})") from err
 
 
 def init_ray(cfg: Config) -> None:
@@ -209,10 +219,8 @@ class ActorGroup:
 
     @staticmethod
     def _get(refs: list) -> list:
-        try:
+        with _learners_kept():
             return ray.get(refs)
-        except RayActorError as err:  # the pools recover rollout and reward workers; a learner is not recovered
-            raise LearnerDied(f"the learner actor died ({str(err).splitlines()[0]})") from err
 
     # --- weight sync --------------------------------------------------------------------------
 
@@ -244,7 +252,8 @@ class ActorGroup:
         """Install policy `version` on every rollout worker; each must reproduce the `expected` probe
         log-probs (default: the first worker's; a callable is asked once the workers have answered).
         A worker Ray restarts later gets it again."""
-        got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe))
+        with _learners_kept():  # the weights are the learner's: its death fails the sync on every worker
+            got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe))
         expected = expected() if callable(expected) else expected
         self.policy = Policy(weights, version, probe, got[0][0] if expected is None else expected, tolerance)
         for i, (values, _) in enumerate(got):

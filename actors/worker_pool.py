@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
 from pipeline.errors import RlpostError
 
@@ -28,6 +28,13 @@ class WorkerLost(RlpostError):
 
 
 RECOVERABLE = (RayActorError, StaleWorker)
+
+
+def _raise_if_an_input_died(err: BaseException) -> None:
+    """A task whose input came from an actor that died (a weight sync's learner, say) fails on a living worker:
+    that actor's death is raised, instead of restarting a worker that did nothing wrong and asking it again."""
+    if isinstance(err, RayTaskError) and isinstance(err.cause, RayActorError):
+        raise err.cause from err
 
 
 @dataclass
@@ -70,6 +77,7 @@ class WorkerPool:
                 try:
                     results[c] = ray.get(ref)
                 except RECOVERABLE as err:
+                    _raise_if_an_input_died(err)
                     self._recover(w, err)
                     self._redo(c, chunks[c], attempts[c], err, todo)
                 idle.append(w)
@@ -97,6 +105,7 @@ class WorkerPool:
                     results.append(ray.get(ref, timeout=self.deadline_s))
                     break
                 except (*RECOVERABLE, GetTimeoutError) as err:
+                    _raise_if_an_input_died(err)
                     if isinstance(err, GetTimeoutError):
                         ray.kill(self.actors[w], no_restart=False)
                     if attempt == self.max_attempts:

@@ -145,6 +145,23 @@ def test_a_worker_running_other_weights_than_the_learner_stops_the_run(ray_sessi
         workers.shutdown()
 
 
+def test_a_learner_dead_before_a_sync_ends_the_run_without_restarting_rollout_workers(ray_session, tiny_model_path):
+    """The workers load weights the learner was to send: its death is the learner's, not theirs (a CI run once
+    restarted a healthy rollout worker three times and reported it lost)."""
+    import ray
+
+    from actors.group import ActorGroup, LearnerDied
+
+    workers = ActorGroup(load_config("configs/debug_cpu.yaml", [*SMALL, "rollout.num_workers=1"]), tiny_model_path)
+    try:
+        ray.kill(workers._learners[0], no_restart=True)
+        with pytest.raises(LearnerDied, match="the learner actor died"):
+            workers.sync(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
+        assert workers.rollout.counters.restarts == 0
+    finally:
+        workers.shutdown()
+
+
 def test_dapo_with_ucb_curriculum_unlikeliness_and_periodic_eval(ray_session, tiny_model_path, tmp_path):
     _, run_dir = _run(tmp_path, "dapo", "algorithm.name=dapo", "curriculum.name=ucb", "reward.unlikeliness.beta_rank=0.25",
                       "algorithm.ppo_epochs=2", "algorithm.kl_in=reward", "algorithm.kl_coef=0.01",

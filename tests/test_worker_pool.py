@@ -75,3 +75,33 @@ def test_a_chunk_that_keeps_killing_workers_stops_with_a_clear_error(ray_session
             pool.map([[-1]], lambda actor, c, chunk: actor.run.remote(chunk))
     finally:
         _shutdown(pool)
+
+
+class Source:
+    def value(self, die: bool) -> int:
+        if die:
+            os._exit(1)
+        return 21
+
+
+def test_a_broadcast_whose_input_died_raises_that_actor_s_death_without_blaming_the_workers(ray_session):
+    """A weight sync takes the learner's weights as an input: the learner dying is not a rollout worker's fault,
+    so no worker is restarted and the caller sees the learner's own ActorDiedError."""
+    import ray
+    from ray.exceptions import ActorDiedError
+
+    class Twice(Echo):
+        def double(self, x: int) -> int:
+            return 2 * x
+
+    actors = [ray.remote(Twice).options(num_cpus=0.1, max_restarts=3).remote() for _ in range(2)]
+    pool = WorkerPool("test", actors, 60.0)
+    source = ray.remote(Source).options(num_cpus=0.1, max_restarts=0).remote()
+    try:
+        assert pool.broadcast(lambda actor: actor.double.remote(source.value.remote(False))) == [42, 42]
+        dead = source.value.remote(True)
+        with pytest.raises(ActorDiedError) as err:
+            pool.broadcast(lambda actor: actor.double.remote(dead))
+        assert err.value.actor_id == source._actor_id.hex() and pool.counters.restarts == 0
+    finally:
+        _shutdown(pool)
