@@ -15,7 +15,7 @@ from ray.exceptions import RayActorError
 
 from actors.learner import Learner
 from actors.cluster_fit import total
-from actors.placement import PlacementError, demands, plan
+from actors.placement import PlacementError, demands, own_threads, plan
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, resolve_backend
 from actors.worker_pool import WorkerPool
@@ -110,7 +110,7 @@ class ActorGroup:
                                  cfg.reward.worker_deadline_s)
         consensus_model = cfg.reward.consensus.model_path  # a bare scoring LM, no adapter, outside the placement groups
         self.consensus = None if consensus_model is None else WorkerPool(
-            "consensus", [_start_rollout_worker(cfg, consensus_model, None, options, threads=max(1, int(cfg.rollout.cpus_per_worker)))
+            "consensus", [_start_rollout_worker(cfg, consensus_model, None, options, threads=own_threads(cfg)[1])
                           for options in self.placement.consensus],
             cfg.rollout.worker_deadline_s)
         # every actor placed before the first call on any, or one message why not: never a "lost" worker later (an

@@ -120,12 +120,17 @@ def plan(cfg: Config, learners: int) -> Placement:
     return placement
 
 
+def own_threads(cfg: Config) -> tuple[int, int]:
+    """Torch threads per learner and per rollout-sized worker on their own CPU share (at least one each)."""
+    return max(1, int(cfg.trainer.cpus_per_learner)), max(1, int(cfg.rollout.cpus_per_worker))
+
+
 def threads(cfg: Config, learners: int, one_node: bool) -> tuple[int, int, bool]:
     """Torch threads per learner and per rollout worker, and whether the two sides take turns. Each actor's own
     CPU share, except when they take turns on one node (placement.cpu_threads=turns, synchronous rollouts,
     colocate or a one-node cpu run): the learners train while the rollout workers wait and the other way
     round, so the side at work uses the CPUs of both (a 2-core machine trains 1.7x faster on two threads)."""
-    own = max(1, int(cfg.trainer.cpus_per_learner)), max(1, int(cfg.rollout.cpus_per_worker))
+    own = own_threads(cfg)
     mode = cfg.placement.mode
     shared_node = mode == "colocate" or (mode == "cpu" and one_node and not cfg.placement.autoscaling)
     if cfg.placement.cpu_threads != "turns" or cfg.rollout.async_ or not shared_node or not learners:
