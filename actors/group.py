@@ -234,14 +234,10 @@ class ActorGroup:
         """
         merged = self.cfg.rollout.weight_sync == "merged"
         ranks = [getattr(learner, "merged_state" if merged else "adapter_state").remote() for learner in self._state_ranks]
-        # the learner scores the probe while the rollout workers load the weights and score it themselves (the
-        # same calls in the same order on every rank, so FSDP's collectives still line up); when the two sides take
-        # turns on the CPUs, one after the other (each would run on all of them: at once they slow each other 4x)
-        expected = [getattr(learner, "merged_logprobs" if merged else "sequence_logprobs").remote([probe[0]], [probe[1]], 1.0)
-                    for learner in self._state_ranks]
-        if self.placement.turns:
-            ray.wait(expected, num_returns=len(expected))
-        return self._install(ranks[0], version, probe, lambda: self._get(expected)[0][0], tolerance)
+        # the learner scores the probe while the rollout workers load the weights and score it themselves, each on one
+        # thread (the same calls in the same order on every rank, so FSDP's collectives still line up)
+        expected = [learner.probe_logprobs.remote(probe, merged) for learner in self._state_ranks]
+        return self._install(ranks[0], version, probe, lambda: self._get(expected)[0], tolerance)
 
     def load_weights(self, weights: dict[str, np.ndarray], version: int, probe: tuple[list[int], list[int]]) -> int:
         """Install given adapter weights (a saved adapter, say) on every rollout worker; they must agree."""

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.policy_model import (PromptRows, initialize_eva, layout_of, load_policy, load_tokenizer, pad_sequences,
-                                 pick_device, reshape_lora, set_threads, shares_prompts, token_logprobs, unpad)
+from actors.policy_model import (PromptRows, initialize_eva, layout_of, load_policy, load_tokenizer, one_thread,
+                                 pad_sequences, pick_device, reshape_lora, set_threads, shares_prompts, token_logprobs,
+                                 unpad)
 from actors.sharding import Sharding
 from pipeline import core_algos
 from pipeline.config import AlgorithmConfig, LoraSection, TrainerConfig
@@ -341,6 +342,12 @@ class Learner:
                 name = name.replace(".base_layer", "")
                 state[name] = (tensor + deltas[name]).to(tensor.dtype) if name in deltas else tensor
         return state
+
+    def probe_logprobs(self, probe: tuple[list[int], list[int]], merged: bool) -> list[float]:
+        """The weight sync's check: this policy's log-probs of the fixed probe completion (temperature 1), on one
+        thread while the rollout workers score it under the weights they just loaded."""
+        with one_thread():
+            return (self.merged_logprobs if merged else self.sequence_logprobs)([probe[0]], [probe[1]], 1.0)[0]
 
     @torch.no_grad()
     def sequence_logprobs(self, prompts: list[list[int]], completions: list[list[int]], temperature: float | None = None) -> list[list[float]]:

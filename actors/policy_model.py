@@ -30,6 +30,18 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The weight sync's probe (one short row) on one torch thread: its ops are too small to split, so it runs as
+    fast, and the learner's and the rollout workers' probes can run at once on two cores without oversubscribing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 

@@ -5,7 +5,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from actors.policy_model import set_threads
+from actors.policy_model import one_thread, set_threads
 from pipeline.config import LoraSection
 from pipeline.data import encode_prompt
 from pipeline.hub import resolve_model
@@ -39,9 +39,10 @@ class RolloutWorker:
     def load_weights(self, weights: dict[str, Any], version: int, probe: tuple[list[int], list[int]]) -> tuple[list[float], int]:
         """Install policy `version` (a LoRA adapter, or merged full weights when the worker runs no adapter);
         return the probe completion's log-probs (temperature 1), for verification, and the bytes received."""
-        (self.engine.load_adapter if self.uses_lora else self.engine.load_merged)(weights, version)
-        self.version = version
-        return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0], sum(v.nbytes for v in weights.values())
+        with one_thread():  # beside the learner's own probe (ActorGroup.sync)
+            (self.engine.load_adapter if self.uses_lora else self.engine.load_merged)(weights, version)
+            self.version = version
+            return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0], sum(v.nbytes for v in weights.values())
 
     def sleep(self) -> float:
         """Free the engine's GPU memory while the learner trains; returns the GiB it gave back."""

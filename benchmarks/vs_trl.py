@@ -60,6 +60,9 @@ ARMS = {  # rlpost arm -> config overrides
     "vllm_async": ["rollout.backend=vllm", "rollout.async=true"],
     "hf_async": ["rollout.backend=hf", "rollout.async=true"],
     "hf_sync_own": ["rollout.backend=hf", "rollout.async=false", "placement.cpu_threads=own"],  # one thread per actor
+    # two rollout workers on half a CPU each: while the learner waits, each generates half the batch on one core
+    "hf_sync_2w": ["rollout.backend=hf", "rollout.async=false", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5"],
+    "hf_async_2w": ["rollout.backend=hf", "rollout.async=true", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5"],
 }
 TRL_ARMS = {"trl": 1, "trl_2t": 2}  # TRL arm -> torch threads; the faster one is the baseline
 PHASES = ("generate", "score", "train", "sync")
@@ -279,7 +282,7 @@ def rlpost_config(job: dict[str, Any], run_dir: Path):
     from pipeline.config import load_config
 
     spec = REGIMES[job["regime"]]
-    overrides = [*QUIET, *NO_EVAL, *ARMS[job["arm"]], f"run.dir={run_dir}", f"run.seed={job['seed']}",
+    overrides = [*QUIET, *NO_EVAL, f"run.dir={run_dir}", f"run.seed={job['seed']}",
                  f"model.path={job['model']}", f"data.files=[{job['train']}]", f"data.test_files=[{job['test']}]",
                  "data.chat_template=never", "rollout.n=8", "rollout.temperature=1.0", "rollout.top_p=1.0",
                  "rollout.top_k=0", f"rollout.max_new_tokens={spec['max_new_tokens']}", "rollout.num_workers=1",
@@ -289,7 +292,7 @@ def rlpost_config(job: dict[str, Any], run_dir: Path):
                  "trainer.warmup_steps=0", "trainer.cpus_per_learner=1", "trainer.grad_clip=1.0", "algorithm.name=grpo",
                  "algorithm.kl_coef=0.0", "algorithm.ppo_epochs=1", "algorithm.clip_eps_low=0.2",
                  "algorithm.clip_eps_high=0.2", "algorithm.loss_agg_mode=token-mean", "tracking.samples_every=0",
-                 "reward.components=[{name: 'benchmarks.vs_trl:reward'}]", *job.get("overrides", [])]
+                 "reward.components=[{name: 'benchmarks.vs_trl:reward'}]", *ARMS[job["arm"]], *job.get("overrides", [])]
     return load_config(ROOT / "configs" / "debug_cpu.yaml", overrides)
 
 
@@ -379,9 +382,9 @@ def profile_rlpost(regime: str, reps: int, seed: int = 0) -> dict[str, Any]:
             clock("sync_driver", lambda: actors.sync(rep + 1, probe))
             weights, t_state = ray.get(learner.__ray_call__.remote(_inside("adapter_state")))
             times.setdefault("sync_learner_adapter_state", []).append(t_state)
-            clock("sync_learner_probe_driver", lambda: ray.get(learner.sequence_logprobs.remote([probe[0]], [probe[1]], 1.0)))
+            clock("sync_learner_probe_driver", lambda: ray.get(learner.probe_logprobs.remote(probe, False)))
             times.setdefault("sync_learner_probe_in_actor", []).append(ray.get(learner.__ray_call__.remote(
-                _inside("sequence_logprobs"), [probe[0]], [probe[1]], 1.0))[1])
+                _inside("probe_logprobs"), probe, False))[1])
             times.setdefault("sync_worker_load_in_actor", []).append(ray.get(worker.__ray_call__.remote(
                 _inside("load_weights"), weights, rep + 1, probe))[1])
             times.setdefault("sync_worker_probe_in_actor", []).append(ray.get(worker.__ray_call__.remote(

@@ -121,7 +121,7 @@ class _LearnerSendingWrongWeights:
     def __init__(self, learner):
         self.learner = learner
         self.adapter_state = self  # so that `adapter_state.remote()` lands in `remote` below
-        self.sequence_logprobs = learner.sequence_logprobs
+        self.probe_logprobs = learner.probe_logprobs
 
     def remote(self):
         import ray

@@ -399,3 +399,19 @@ def test_prompts_are_shared_only_where_the_cache_is_exact(overrides, dropout, sh
 
     cfg = load_config(None, [f"trainer.{k}={v}" for k, v in overrides.items()])
     assert shares_prompts(_tiny_lm("llama"), cfg.trainer, dropout) is shares
+
+
+def test_the_sync_probe_runs_on_one_thread_and_scores_like_the_learner(tiny_model_path):
+    """The sync's probe runs beside the rollout workers' on one thread; the learner's threads are back after it."""
+    import torch
+
+    learner = _learner(tiny_model_path)
+    learner.update(_batch())
+    torch.set_num_threads(2)
+    seen = []
+    real = learner.sequence_logprobs
+    learner.sequence_logprobs = lambda *a: seen.append(torch.get_num_threads()) or real(*a)
+    probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
+    assert learner.probe_logprobs(probe, merged=False) == pytest.approx(real([probe[0]], [probe[1]], 1.0)[0], abs=1e-6)
+    assert learner.probe_logprobs(probe, merged=True) == pytest.approx(real([probe[0]], [probe[1]], 1.0)[0], abs=1e-4)
+    assert seen == [1] and torch.get_num_threads() == 2
