@@ -7,7 +7,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -18,7 +18,7 @@ from actors.cluster_fit import total
 from actors.placement import PlacementError, demands, own_threads, plan
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker, resolve_backend
-from actors.worker_pool import WorkerPool
+from actors.worker_pool import WorkerPool, get_each
 from pipeline.config import Config, LoraSection
 from pipeline.errors import RlpostError
 from pipeline.records import Completion, PromptSpec, SamplingSpec, TrainBatch
@@ -210,12 +210,8 @@ class ActorGroup:
     def _on_learners(self, method: str, *args: Any) -> Any:
         """Call `method` on every learner rank (they step together); rank 0's result. The first rank
         to fail raises at once, while the others may still be blocked in a collective."""
-        refs = [getattr(learner, method).remote(*args) for learner in self._learners]
-        pending = refs
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            self._get(ready)
-        return self._get(refs)[0]
+        with _learners_kept():
+            return get_each([getattr(learner, method).remote(*args) for learner in self._learners])[0]
 
     @staticmethod
     def _get(refs: list) -> list:
@@ -234,24 +230,28 @@ class ActorGroup:
         """
         merged = self.cfg.rollout.weight_sync == "merged"
         ranks = [getattr(learner, "merged_state" if merged else "adapter_state").remote() for learner in self._state_ranks]
-        # the learner scores the probe while the rollout workers load the weights and score it themselves, each on one
-        # thread (the same calls in the same order on every rank, so FSDP's collectives still line up)
-        expected = [learner.probe_logprobs.remote(probe, merged) for learner in self._state_ranks]
-        return self._install(ranks[0], version, probe, lambda: self._get(expected)[0], tolerance)
+        # the learner scores the probe while the rollout workers load the weights and score it themselves (the same
+        # calls in the same order on every rank, so FSDP's collectives still line up); where the two sides take
+        # turns on the CPUs, each side at its own share, so that together they do not oversubscribe them (vLLM's CPU
+        # build keeps its own threads: there the learner scores first)
+        threads = own_threads(self.cfg) if self.placement.turns else (None, None)
+        expected = [learner.probe_logprobs.remote(probe, merged, threads[0]) for learner in self._state_ranks]
+        if self.placement.turns and resolve_backend(self.cfg.rollout.backend) == "vllm":
+            self._get(expected)
+        return self._install(ranks[0], version, probe, expected, tolerance, threads[1])
 
     def load_weights(self, weights: dict[str, np.ndarray], version: int, probe: tuple[list[int], list[int]]) -> int:
         """Install given adapter weights (a saved adapter, say) on every rollout worker; they must agree."""
         return self._install(ray.put(weights), version, probe, None, 1e-3)
 
-    def _install(self, weights, version: int, probe: tuple[list[int], list[int]],
-                 expected: list[float] | Callable[[], list[float]] | None, tolerance: float) -> int:
-        """Install policy `version` on every rollout worker; each must reproduce the `expected` probe
-        log-probs (default: the first worker's; a callable is asked once the workers have answered).
-        A worker Ray restarts later gets it again."""
-        with _learners_kept():  # the weights are the learner's: its death fails the sync on every worker
-            got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe))
-        expected = expected() if callable(expected) else expected
-        self.policy = Policy(weights, version, probe, got[0][0] if expected is None else expected, tolerance)
+    def _install(self, weights, version: int, probe: tuple[list[int], list[int]], learner_probes: list | None,
+                 tolerance: float, threads: int | None = None) -> int:
+        """Install policy `version` on every rollout worker; each must reproduce the probe log-probs of the
+        learner ranks' `learner_probes` (None: the first worker's). A worker Ray restarts later gets it again."""
+        with _learners_kept():  # a learner that died or fails is the learner's failure, not the workers'
+            got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe, threads), learner_probes)
+            expected = get_each(learner_probes)[0] if learner_probes else got[0][0]
+        self.policy = Policy(weights, version, probe, expected, tolerance)
         for i, (values, _) in enumerate(got):
             self._verify(i, values)
         return got[0][1]

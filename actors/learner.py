@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.policy_model import (PromptRows, initialize_eva, layout_of, load_policy, load_tokenizer, one_thread,
+from actors.policy_model import (PromptRows, initialize_eva, layout_of, load_policy, load_tokenizer, threads_at,
                                  pad_sequences, pick_device, reshape_lora, set_threads, shares_prompts, token_logprobs,
                                  unpad)
 from actors.sharding import Sharding
@@ -343,10 +343,10 @@ class Learner:
                 state[name] = (tensor + deltas[name]).to(tensor.dtype) if name in deltas else tensor
         return state
 
-    def probe_logprobs(self, probe: tuple[list[int], list[int]], merged: bool) -> list[float]:
-        """The weight sync's check: this policy's log-probs of the fixed probe completion (temperature 1), on one
-        thread while the rollout workers score it under the weights they just loaded."""
-        with one_thread():
+    def probe_logprobs(self, probe: tuple[list[int], list[int]], merged: bool, threads: int | None = None) -> list[float]:
+        """The weight sync's check: this policy's log-probs of the fixed probe completion (temperature 1), scored
+        while the rollout workers score it under the weights they just loaded (`threads`: see `threads_at`)."""
+        with threads_at(threads):
             return (self.merged_logprobs if merged else self.sequence_logprobs)([probe[0]], [probe[1]], 1.0)[0]
 
     @torch.no_grad()

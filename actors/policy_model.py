@@ -31,15 +31,16 @@ def set_threads(threads: int) -> None:
 
 
 @contextlib.contextmanager
-def one_thread():
-    """The weight sync's probe (one short row) on one torch thread: its ops are too small to split, so it runs as
-    fast, and the learner's and the rollout workers' probes can run at once on two cores without oversubscribing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def threads_at(threads: int | None):
+    """Torch threads for one call, restored after it (None: as they are). A weight sync's two sides run at once at
+    their own CPU shares where the rest of a step has each side, in turn, use both (`placement.threads`)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def load_tokenizer(model_path: str):

@@ -5,7 +5,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from actors.policy_model import one_thread, set_threads
+from actors.policy_model import set_threads, threads_at
 from pipeline.config import LoraSection
 from pipeline.data import encode_prompt
 from pipeline.hub import resolve_model
@@ -36,10 +36,12 @@ class RolloutWorker:
                                   **(engine_options or {}))
         self.version, self.uses_lora = -1, lora is not None
 
-    def load_weights(self, weights: dict[str, Any], version: int, probe: tuple[list[int], list[int]]) -> tuple[list[float], int]:
+    def load_weights(self, weights: dict[str, Any], version: int, probe: tuple[list[int], list[int]],
+                     threads: int | None = None) -> tuple[list[float], int]:
         """Install policy `version` (a LoRA adapter, or merged full weights when the worker runs no adapter);
-        return the probe completion's log-probs (temperature 1), for verification, and the bytes received."""
-        with one_thread():  # beside the learner's own probe (ActorGroup.sync)
+        return the probe completion's log-probs (temperature 1), for verification, and the bytes received.
+        `threads`: see `threads_at` (vLLM's CPU build keeps its own: it refuses torch.set_num_threads)."""
+        with threads_at(None if self.backend == "vllm" else threads):
             (self.engine.load_adapter if self.uses_lora else self.engine.load_merged)(weights, version)
             self.version = version
             return self.engine.sequence_logprobs([probe[0]], [probe[1]], 1.0)[0], sum(v.nbytes for v in weights.values())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
 from pipeline.errors import RlpostError
 
@@ -30,11 +30,14 @@ class WorkerLost(RlpostError):
 RECOVERABLE = (RayActorError, StaleWorker)
 
 
-def _raise_if_an_input_died(err: BaseException) -> None:
-    """A task whose input came from an actor that died (a weight sync's learner, say) fails on a living worker:
-    that actor's death is raised, instead of restarting a worker that did nothing wrong and asking it again."""
-    if isinstance(err, RayTaskError) and isinstance(err.cause, RayActorError):
-        raise err.cause from err
+def get_each(refs: list) -> list:
+    """ray.get of results from several actors, raising the first failure as soon as it happens (a plain ray.get
+    waits for all: for data-parallel ranks blocked in a collective with the one that died, forever)."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(list(refs))
 
 
 @dataclass
@@ -77,7 +80,6 @@ class WorkerPool:
                 try:
                     results[c] = ray.get(ref)
                 except RECOVERABLE as err:
-                    _raise_if_an_input_died(err)
                     self._recover(w, err)
                     self._redo(c, chunks[c], attempts[c], err, todo)
                 idle.append(w)
@@ -95,9 +97,12 @@ class WorkerPool:
                 idle.append(w)
         return results
 
-    def broadcast(self, call: Callable[[Any], Any]) -> list[Any]:
-        """call(actor) on every worker (a weight sync, say); a worker that died is revived and asked again."""
+    def broadcast(self, call: Callable[[Any], Any], inputs: list | None = None) -> list[Any]:
+        """call(actor) on every worker (a weight sync, say); a worker that died is revived and asked again.
+        `inputs`: results of other actors the calls wait for (a learner's, for a weight sync), awaited first: their
+        failure is raised as theirs, and the workers' deadline counts from when they are ready."""
         refs = [call(actor) for actor in self.actors]
+        get_each(inputs or [])
         results = []
         for w, ref in enumerate(refs):
             for attempt in range(1, self.max_attempts + 1):
@@ -105,7 +110,6 @@ class WorkerPool:
                     results.append(ray.get(ref, timeout=self.deadline_s))
                     break
                 except (*RECOVERABLE, GetTimeoutError) as err:
-                    _raise_if_an_input_died(err)
                     if isinstance(err, GetTimeoutError):
                         ray.kill(self.actors[w], no_restart=False)
                     if attempt == self.max_attempts:

@@ -155,6 +155,8 @@ def test_a_learner_dead_before_a_sync_ends_the_run_without_restarting_rollout_wo
     workers = ActorGroup(load_config("configs/debug_cpu.yaml", [*SMALL, "rollout.num_workers=1"]), tiny_model_path)
     try:
         ray.kill(workers._learners[0], no_restart=True)
+        with pytest.raises(ray.exceptions.RayActorError):  # dead before the sync starts
+            ray.get(workers._learners[0].__ray_ready__.remote())
         with pytest.raises(LearnerDied, match="the learner actor died"):
             workers.sync(0, ([20, 30, 17, 34, 39], [14, 15, 16, 1]))
         assert workers.rollout.counters.restarts == 0

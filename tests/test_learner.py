@@ -401,17 +401,25 @@ def test_prompts_are_shared_only_where_the_cache_is_exact(overrides, dropout, sh
     assert shares_prompts(_tiny_lm("llama"), cfg.trainer, dropout) is shares
 
 
-def test_the_sync_probe_runs_on_one_thread_and_scores_like_the_learner(tiny_model_path):
-    """The sync's probe runs beside the rollout workers' on one thread; the learner's threads are back after it."""
+
+def test_the_sync_probe_runs_at_the_threads_asked_for_and_scores_like_the_learner(tiny_model_path):
+    """The sync's probe runs beside the rollout workers' at the learner's own share; its threads are back after it."""
     import torch
 
     learner = _learner(tiny_model_path)
     learner.update(_batch())
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    seen = []
-    real = learner.sequence_logprobs
-    learner.sequence_logprobs = lambda *a: seen.append(torch.get_num_threads()) or real(*a)
-    probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
-    assert learner.probe_logprobs(probe, merged=False) == pytest.approx(real([probe[0]], [probe[1]], 1.0)[0], abs=1e-6)
-    assert learner.probe_logprobs(probe, merged=True) == pytest.approx(real([probe[0]], [probe[1]], 1.0)[0], abs=1e-4)
-    assert seen == [1] and torch.get_num_threads() == 2
+    try:
+        seen = []
+        plain, merged = learner.sequence_logprobs, learner.merged_logprobs
+        learner.sequence_logprobs = lambda *a: seen.append(torch.get_num_threads()) or plain(*a)
+        learner.merged_logprobs = lambda *a: seen.append(torch.get_num_threads()) or merged(*a)
+        probe = ([20, 30, 17, 34, 39], [14, 15, 16, 1])
+        expected = plain([probe[0]], [probe[1]], 1.0)[0]
+        assert learner.probe_logprobs(probe, merged=False, threads=1) == pytest.approx(expected, abs=1e-6)
+        assert learner.probe_logprobs(probe, merged=True, threads=1) == pytest.approx(expected, abs=1e-4)
+        assert learner.probe_logprobs(probe, merged=False) == pytest.approx(expected, abs=1e-6)
+        assert seen == [1, 1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

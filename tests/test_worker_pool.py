@@ -77,31 +77,51 @@ def test_a_chunk_that_keeps_killing_workers_stops_with_a_clear_error(ray_session
         _shutdown(pool)
 
 
+
 class Source:
-    def value(self, die: bool) -> int:
+    def value(self, die: bool, delay_s: float = 0.0) -> int:
+        time.sleep(delay_s)
         if die:
             os._exit(1)
         return 21
 
 
+class Twice(Echo):
+    def double(self, x: int) -> int:
+        return 2 * x
+
+
+def _broadcast_pool(deadline_s: float):
+    import ray
+
+    actors = [ray.remote(Twice).options(num_cpus=0.1, max_restarts=3).remote() for _ in range(2)]
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    return WorkerPool("test", actors, deadline_s), ray.remote(Source).options(num_cpus=0.1, max_restarts=0).remote()
+
+
 def test_a_broadcast_whose_input_died_raises_that_actor_s_death_without_blaming_the_workers(ray_session):
     """A weight sync takes the learner's weights as an input: the learner dying is not a rollout worker's fault,
     so no worker is restarted and the caller sees the learner's own ActorDiedError."""
-    import ray
     from ray.exceptions import ActorDiedError
 
-    class Twice(Echo):
-        def double(self, x: int) -> int:
-            return 2 * x
-
-    actors = [ray.remote(Twice).options(num_cpus=0.1, max_restarts=3).remote() for _ in range(2)]
-    pool = WorkerPool("test", actors, 60.0)
-    source = ray.remote(Source).options(num_cpus=0.1, max_restarts=0).remote()
+    pool, source = _broadcast_pool(60.0)
     try:
-        assert pool.broadcast(lambda actor: actor.double.remote(source.value.remote(False))) == [42, 42]
+        value = source.value.remote(False)
+        assert pool.broadcast(lambda actor: actor.double.remote(value), [value]) == [42, 42]
         dead = source.value.remote(True)
         with pytest.raises(ActorDiedError) as err:
-            pool.broadcast(lambda actor: actor.double.remote(dead))
+            pool.broadcast(lambda actor: actor.double.remote(dead), [dead])
         assert err.value.actor_id == source._actor_id.hex() and pool.counters.restarts == 0
+    finally:
+        _shutdown(pool)
+
+
+def test_a_broadcast_s_deadline_counts_from_when_its_inputs_are_ready(ray_session):
+    """A learner slower than the workers' deadline (a long update, a big model's state dict) is no worker's hang."""
+    pool, source = _broadcast_pool(1.0)
+    try:
+        slow = source.value.remote(False, 2.5)
+        assert pool.broadcast(lambda actor: actor.double.remote(slow), [slow]) == [42, 42]
+        assert pool.counters.restarts == 0
     finally:
         _shutdown(pool)
