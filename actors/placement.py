@@ -41,7 +41,7 @@ class Placement:
     rollout: list[dict[str, Any]] = field(default_factory=list)  # one per rollout worker
     learner_threads: int = 1  # torch threads per learner and per rollout worker (see `threads`)
     rollout_threads: int = 1
-    turns: bool = False  # the two sides take turns on one node's CPUs: never run them at once
+    turns: bool = False  # the two sides take turns on one node's CPUs (a sync's probes run at once, each at its share)
     groups: list[PlacementGroup] = field(default_factory=list)
 
     def release(self) -> None:

@@ -22,7 +22,8 @@ Both sides get the same things:
     costs a recomputed forward per step), run twice: 1 torch thread (arm `trl`) and 2 (`trl_2t`); ratios are
     against the faster of the two. rlpost with one CPU per actor (one rollout worker, one learner, a reward
     worker with a quarter CPU); in the sync arms the side at work uses both CPUs (placement.cpu_threads=turns,
-    the default), `hf_sync_own` keeps one thread per actor.
+    the default), `hf_sync_own` keeps one thread per actor, and the `_2w` arms run two rollout workers on half a
+    CPU each (in `hf_async_2w` three busy threads share the two cores while the learner trains).
 
 Measured per run (a subprocess each): median step time after --skip warm-up steps, generation share (TRL: time
 in its `_generate_single_turn`; rlpost: `time/generate`), rlpost's phase split (generate / score / train / sync /
@@ -30,7 +31,7 @@ other), start-up, and held-out greedy accuracy of the trained policy (the same e
 the mean training reward of the greedy answers (in the long regime exact match of 74 characters stays near 0 at this
 scale, so the partial-credit reward is where learning shows). "Not worse" = rlpost's mean over seeds is at least
 TRL's mean less the larger of its spread over seeds and one standard error over the test set, on both.
-rlpost arms: hf_sync (the default shape), vllm_sync, vllm_async, hf_async, hf_sync_own. Prints a ratio table
+rlpost arms: hf_sync (the default shape), vllm_sync, vllm_async, hf_async, hf_sync_own, hf_sync_2w, hf_async_2w. Prints a ratio table
 (rlpost s/step over the faster TRL arm's) and writes benchmarks/results/vs_trl.json (vs_trl_quick.json with
 --quick) and a PNG beside it.
 """
@@ -332,6 +333,7 @@ def profile_rlpost(regime: str, reps: int, seed: int = 0) -> dict[str, Any]:
     import ray
 
     from actors.group import ActorGroup, init_ray
+    from actors.placement import own_threads
     from actors.policy_model import load_tokenizer
     from pipeline.data import load_prompts
     from pipeline.records import PromptSpec, SamplingSpec
@@ -349,6 +351,7 @@ def profile_rlpost(regime: str, reps: int, seed: int = 0) -> dict[str, Any]:
     init_ray(cfg)
     actors = ActorGroup(cfg, job["model"])
     worker, learner = actors.rollout.actors[0], actors._learners[0]
+    own = own_threads(cfg) if actors.placement.turns else (None, None)
     probe = (pool[0].ids, pool[0].ids[:6])
     actors.sync(0, probe)
     times: dict[str, list[float]] = {}
@@ -382,13 +385,12 @@ def profile_rlpost(regime: str, reps: int, seed: int = 0) -> dict[str, Any]:
             clock("sync_driver", lambda: actors.sync(rep + 1, probe))
             weights, t_state = ray.get(learner.__ray_call__.remote(_inside("adapter_state")))
             times.setdefault("sync_learner_adapter_state", []).append(t_state)
-            clock("sync_learner_probe_driver", lambda: ray.get(learner.probe_logprobs.remote(probe, False)))
+            # the sync's two sides one after the other, at the threads the sync gives them (it runs them at once)
+            clock("sync_learner_probe_driver", lambda: ray.get(learner.probe_logprobs.remote(probe, False, own[0])))
             times.setdefault("sync_learner_probe_in_actor", []).append(ray.get(learner.__ray_call__.remote(
-                _inside("probe_logprobs"), probe, False))[1])
-            times.setdefault("sync_worker_load_in_actor", []).append(ray.get(worker.__ray_call__.remote(
-                _inside("load_weights"), weights, rep + 1, probe))[1])
-            times.setdefault("sync_worker_probe_in_actor", []).append(ray.get(worker.__ray_call__.remote(
-                _inside("sequence_logprobs"), [probe[0]], [probe[1]], 1.0))[1])
+                _inside("probe_logprobs"), probe, False, own[0]))[1])
+            times.setdefault("sync_worker_load_and_probe_in_actor", []).append(ray.get(worker.__ray_call__.remote(
+                _inside("load_weights"), weights, rep + 1, probe, own[1]))[1])
     finally:
         actors.shutdown()
         ray.shutdown()
