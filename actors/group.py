@@ -237,7 +237,8 @@ class ActorGroup:
         threads = own_threads(self.cfg) if self.placement.turns else (None, None)
         expected = [learner.probe_logprobs.remote(probe, merged, threads[0]) for learner in self._state_ranks]
         if self.placement.turns and resolve_backend(self.cfg.rollout.backend) == "vllm":
-            self._get(expected)
+            with _learners_kept():
+                get_each(expected)
         return self._install(ranks[0], version, probe, expected, tolerance, threads[1])
 
     def load_weights(self, weights: dict[str, np.ndarray], version: int, probe: tuple[list[int], list[int]]) -> int:
@@ -250,7 +251,7 @@ class ActorGroup:
         learner ranks' `learner_probes` (None: the first worker's). A worker Ray restarts later gets it again."""
         with _learners_kept():  # a learner that died or fails is the learner's failure, not the workers'
             got = self.rollout.broadcast(lambda w: w.load_weights.remote(weights, version, probe, threads), learner_probes)
-            expected = get_each(learner_probes)[0] if learner_probes else got[0][0]
+            expected = ray.get(learner_probes[0]) if learner_probes else got[0][0]  # ready: the broadcast awaited it
         self.policy = Policy(weights, version, probe, expected, tolerance)
         for i, (values, _) in enumerate(got):
             self._verify(i, values)

@@ -34,9 +34,11 @@ def set_threads(threads: int) -> None:
 def threads_at(threads: int | None):
     """Torch threads for one call, restored after it (None: as they are). A weight sync's two sides run at once at
     their own CPU shares where the rest of a step has each side, in turn, use both (`placement.threads`)."""
+    if threads is None:  # not even set back: vLLM's CPU build refuses torch.set_num_threads
+        yield
+        return
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -423,3 +423,19 @@ def test_the_sync_probe_runs_at_the_threads_asked_for_and_scores_like_the_learne
         assert seen == [1, 1, 2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_no_thread_count_leaves_torch_s_threads_alone(monkeypatch):
+    """threads_at(None) never calls torch.set_num_threads (vLLM's CPU build replaces it with a warning)."""
+    import torch
+
+    from actors.policy_model import threads_at
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    with threads_at(None):
+        pass
+    assert calls == []
+    with threads_at(1):
+        pass
+    assert calls == [1, torch.get_num_threads()]
