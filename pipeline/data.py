@@ -266,8 +266,11 @@ def encode_prompt(tokenizer: Any, text: str, templated: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
 
-def load_prompts(cfg: Config, tokenizer: Any) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
-    """Train and test prompts per source, tokenized exactly as the policy will see them."""
+def load_prompts(cfg: Config, tokenizer: Any, model_path: str | None = None) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
+    """Train and test prompts per source, tokenized exactly as the policy will see them. Prompts longer than
+    data.max_prompt_tokens are left out and counted; without that limit, those that fill the model's context
+    (`model_path`'s, or rollout.max_model_len), from which nothing could be generated, instead of the run
+    stopping when one is drawn."""
     train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
     if not train_rows:
         raise DataError("no training rows: give data.sources, data.files or data.dataset")
@@ -281,22 +284,35 @@ def load_prompts(cfg: Config, tokenizer: Any) -> tuple[dict[str, list[Prompt]], 
 
     train = {s: [encode(r) for r in rows] for s, rows in train_rows.items()}
     test = {s: [encode(r) for r in rows] for s, rows in test_rows.items() if rows}
-    limit = cfg.data.max_prompt_tokens
+    limit, why = cfg.data.max_prompt_tokens, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+    context = cfg.rollout.max_model_len or (model_context(model_path) if model_path else None)
+    if limit is None and context is not None:
+        limit, why = context - 1, f"{context - 1} tokens (the model's context, {context}, less one to generate; data.max_prompt_tokens sets a limit)"
     if limit is None:
         return train, test
-    kept = [_within(prompts, limit, split) for prompts, split in ((train, "train"), (test, "test"))]
+    kept = [_within(prompts, limit, split, why) for prompts, split in ((train, "train"), (test, "test"))]
     empty = [s for s, prompts in kept[0].items() if not prompts]
     if empty:
-        raise DataError(f"every training prompt of source(s) {', '.join(empty)} is longer than data.max_prompt_tokens={limit}")
+        raise DataError(f"every training prompt of source(s) {', '.join(empty)} is longer than {why}")
     return kept[0], {s: prompts for s, prompts in kept[1].items() if prompts}
 
 
-def _within(prompts: dict[str, list[Prompt]], limit: int, split: str) -> dict[str, list[Prompt]]:
+def model_context(model_path: str) -> int | None:
+    """The model's context length from its config (None when the config names none)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    config = getattr(config, "get_text_config", lambda: config)()
+    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                 if isinstance(getattr(config, k, None), int)), None)
+
+
+def _within(prompts: dict[str, list[Prompt]], limit: int, split: str, why: str) -> dict[str, list[Prompt]]:
     """The prompts of at most `limit` tokens; says how many of each source were left out."""
     kept = {s: [p for p in ps if len(p.ids) <= limit] for s, ps in prompts.items()}
     dropped = {s: len(prompts[s]) - len(kept[s]) for s in prompts if len(kept[s]) < len(prompts[s])}
     if dropped:
         total = sum(map(len, prompts.values()))
-        print(f"data: left out {sum(dropped.values())} of {total} {split} prompts longer than data.max_prompt_tokens={limit} "
+        print(f"data: left out {sum(dropped.values())} of {total} {split} prompts longer than {why} "
               f"({', '.join(f'{s}: {n}' for s, n in dropped.items())})")
     return kept

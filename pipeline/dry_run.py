@@ -21,7 +21,7 @@ def dry_run(cfg: Config, shown: int = 3) -> str:
 
     _, model_path, checkpoint = resolve_inputs(cfg)
     tokenizer = load_tokenizer(model_path)
-    train_prompts, test_prompts = load_prompts(cfg, tokenizer)
+    train_prompts, test_prompts = load_prompts(cfg, tokenizer, model_path)
     lengths = [len(p.ids) for prompts in train_prompts.values() for p in prompts]
     lines = [f"model: {cfg.model.path or 'built-in tiny model'} -> {model_path}",
              f"resume: {checkpoint or 'no (a fresh run)'}",

@@ -56,7 +56,7 @@ def train(cfg: Config) -> dict[str, Any]:
     _seed_everything(cfg.run.seed)
     model, model_path, checkpoint = resolve_inputs(cfg)
     tokenizer = load_tokenizer(model_path)
-    train_prompts, test_prompts = load_prompts(cfg, tokenizer)
+    train_prompts, test_prompts = load_prompts(cfg, tokenizer, model_path)
     special = special_tokens(tokenizer, model_path)
     sampler = _sampler(cfg, train_prompts)
     init_ray(cfg)
