@@ -72,7 +72,8 @@ class DataConfig(Section):
     max_prompt_tokens: int | None = Field(None, gt=0, description="prompts longer than this (in tokens, as the policy sees "
                                           "them) are left out when the data loads, counted per source and reported, "
                                           "instead of stopping the run where one would not fit the context (empty = "
-                                          "the context less one token: rollout.max_model_len, else the model's)")
+                                          "the rollout engine's context less one token: hf the model config's, vllm "
+                                          "rollout.max_model_len when set)")
     train_per_source: int = Field(400, gt=0, description="synthetic train examples per source")
     test_per_source: int = Field(40, gt=0, description="synthetic (or split-off) test examples per source")
     chat_template: Literal["auto", "never"] = Field("auto", description="apply the tokenizer's chat template when it has one")

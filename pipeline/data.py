@@ -268,9 +268,8 @@ def encode_prompt(tokenizer: Any, text: str, templated: bool) -> list[int]:
 
 def load_prompts(cfg: Config, tokenizer: Any, model_path: str | None = None) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
     """Train and test prompts per source, tokenized exactly as the policy will see them. Prompts longer than
-    data.max_prompt_tokens are left out and counted; without that limit, those that fill the model's context
-    (`model_path`'s, or rollout.max_model_len), from which nothing could be generated, instead of the run
-    stopping when one is drawn."""
+    data.max_prompt_tokens are left out and counted; without that limit, those that leave the rollout engine
+    no room to generate (`_prompt_limit`), instead of the run stopping when one is drawn."""
     train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
     if not train_rows:
         raise DataError("no training rows: give data.sources, data.files or data.dataset")
@@ -284,17 +283,37 @@ def load_prompts(cfg: Config, tokenizer: Any, model_path: str | None = None) -> 
 
     train = {s: [encode(r) for r in rows] for s, rows in train_rows.items()}
     test = {s: [encode(r) for r in rows] for s, rows in test_rows.items() if rows}
-    limit, why = cfg.data.max_prompt_tokens, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
-    context = cfg.rollout.max_model_len or (model_context(model_path) if model_path else None)
-    if limit is None and context is not None:
-        limit, why = context - 1, f"{context - 1} tokens (the model's context, {context}, less one to generate; data.max_prompt_tokens sets a limit)"
+    limit, why = _prompt_limit(cfg, model_path)
     if limit is None:
         return train, test
     kept = [_within(prompts, limit, split, why) for prompts, split in ((train, "train"), (test, "test"))]
     empty = [s for s, prompts in kept[0].items() if not prompts]
     if empty:
         raise DataError(f"every training prompt of source(s) {', '.join(empty)} is longer than {why}")
+    emptied = [s for s, prompts in kept[1].items() if not prompts]
+    if test and len(emptied) == len(test):
+        raise DataError(f"every test prompt is longer than {why}")
+    if emptied:
+        print(f"data: test source(s) {', '.join(emptied)} left with no prompt: not evaluated")
     return kept[0], {s: prompts for s, prompts in kept[1].items() if prompts}
+
+
+def _prompt_limit(cfg: Config, model_path: str | None) -> tuple[int | None, str]:
+    """The longest prompt a run keeps, and why: data.max_prompt_tokens, else the context the rollout engine
+    generates within less one token (vLLM: rollout.max_model_len when set, else vLLM's own, which it derives
+    from rope scaling too and checks itself; hf: the model config's)."""
+    if cfg.data.max_prompt_tokens is not None:
+        return cfg.data.max_prompt_tokens, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+    from actors.rollout import resolve_backend
+
+    if resolve_backend(cfg.rollout.backend) == "vllm":
+        context, source = cfg.rollout.max_model_len, "rollout.max_model_len"
+    else:
+        context, source = (model_context(model_path) if model_path else None), "the model's context"
+    if context is None:
+        return None, ""
+    return context - 1, (f"{context - 1} tokens ({source}, {context}, less one token to generate; set "
+                         f"data.max_prompt_tokens to choose the limit)")
 
 
 def model_context(model_path: str) -> int | None:

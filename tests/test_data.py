@@ -202,21 +202,32 @@ def test_prompts_over_the_token_limit_are_left_out_and_counted(tmp_path, capsys)
         load_prompts(Config(data=DataConfig(**data, max_prompt_tokens=2)), _PlainTokenizer())
 
 
-def test_without_a_limit_prompts_that_fill_the_model_s_context_are_left_out_and_counted(tmp_path, capsys):
+def test_without_a_limit_prompts_that_fill_the_engine_s_context_are_left_out_and_counted(tmp_path, capsys):
     from transformers import Qwen2Config
 
     from pipeline.config import Config, RolloutConfig
     from pipeline.data import load_prompts
 
-    Qwen2Config(max_position_embeddings=10).save_pretrained(tmp_path / "model")  # only the config is read
+    model = str(tmp_path / "model")
+    Qwen2Config(max_position_embeddings=10).save_pretrained(model)  # only the config is read
     rows = [{"prompt": "q" * n, "answer": "1", "source": src} for n, src in [(3, "a"), (9, "a"), (10, "a"), (12, "a"), (4, "b")]]
-    data = dict(files=[_jsonl(tmp_path / "t.jsonl", rows)], chat_template="never",
-                test_files=[_jsonl(tmp_path / "e.jsonl", [{"prompt": "qq", "answer": "1", "source": "a"}])])
-    train, _ = load_prompts(Config(data=DataConfig(**data)), _PlainTokenizer(), str(tmp_path / "model"))
-    assert {s: [len(p.ids) for p in ps] for s, ps in train.items()} == {"a": [3, 9], "b": [4]}
-    assert "left out 2 of 5 train prompts longer than 9 tokens (the model's context, 10, less one" in capsys.readouterr().out
-    shorter = Config(data=DataConfig(**data), rollout=RolloutConfig(max_model_len=5))  # vLLM's context, when set
-    assert {s: [len(p.ids) for p in ps] for s, ps in load_prompts(shorter, _PlainTokenizer(), str(tmp_path / "model"))[0].items()} == {"a": [3], "b": [4]}
-    explicit = Config(data=DataConfig(**data, max_prompt_tokens=4))  # the configured limit wins over the context
-    assert {s: [len(p.ids) for p in ps] for s, ps in load_prompts(explicit, _PlainTokenizer(), str(tmp_path / "model"))[0].items()} == {"a": [3], "b": [4]}
-    assert {s: len(ps) for s, ps in load_prompts(Config(data=DataConfig(**data)), _PlainTokenizer())[0].items()} == {"a": 4, "b": 1}
+    tests = [{"prompt": "q" * n, "answer": "1", "source": src} for n, src in [(2, "a"), (11, "b")]]
+    data = dict(files=[_jsonl(tmp_path / "t.jsonl", rows)], chat_template="never", test_files=[_jsonl(tmp_path / "e.jsonl", tests)])
+
+    def lengths(rollout: dict, **limit):
+        train, test = load_prompts(Config(data=DataConfig(**data, **limit), rollout=RolloutConfig(**rollout)), _PlainTokenizer(), model)
+        return {s: [len(p.ids) for p in ps] for s, ps in train.items()}, {s: [len(p.ids) for p in ps] for s, ps in test.items()}
+
+    # hf generates within the model config's context (rollout.max_model_len is vLLM's and hf ignores it)
+    assert lengths({"backend": "hf", "max_model_len": 50}) == ({"a": [3, 9], "b": [4]}, {"a": [2]})
+    out = capsys.readouterr().out
+    assert "left out 2 of 5 train prompts longer than 9 tokens (the model's context, 10, less one token" in out
+    assert "test source(s) b left with no prompt: not evaluated" in out
+    # vLLM: its max_model_len when set; unset, vLLM derives its own (rope scaling included) and checks it itself
+    assert lengths({"backend": "vllm", "max_model_len": 5})[0] == {"a": [3], "b": [4]}
+    assert "(rollout.max_model_len, 5, less one token" in capsys.readouterr().out
+    assert lengths({"backend": "vllm"})[0] == {"a": [3, 9, 10, 12], "b": [4]}
+    assert lengths({"backend": "hf"}, max_prompt_tokens=4)[0] == {"a": [3], "b": [4]}  # the configured limit wins
+    with pytest.raises(DataError, match="every test prompt is longer than 4 tokens"):
+        load_prompts(Config(data=DataConfig(**{**data, "test_files": [_jsonl(tmp_path / "f.jsonl", tests[1:])]}),
+                            rollout=RolloutConfig(backend="vllm", max_model_len=5)), _PlainTokenizer(), model)
