@@ -6,7 +6,7 @@ import importlib.util
 from typing import Any
 
 from actors.policy_model import set_threads, threads_at
-from pipeline.config import LoraSection
+from pipeline.config import LoraSection, RolloutConfig
 from pipeline.data import encode_prompt
 from pipeline.hub import resolve_model
 from pipeline.records import Completion, PromptSpec, SamplingSpec
@@ -20,6 +20,24 @@ def resolve_backend(name: str) -> str:
     if name != "auto":
         return name
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def engine_context(rollout: RolloutConfig, model_path: str) -> tuple[int, str] | None:
+    """The context the rollout engine generates within, and what sets it: hf the model config's; vLLM
+    rollout.max_model_len when set (None otherwise: vLLM derives its own, rope scaling included, and checks it;
+    None too for a config that names none)."""
+    if resolve_backend(rollout.backend) == "vllm":
+        return (rollout.max_model_len, "rollout.max_model_len") if rollout.max_model_len else None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError):  # no readable config: loading the model says what is wrong, more clearly
+        return None
+    config = getattr(config, "get_text_config", lambda: config)()
+    tokens = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                   if isinstance(getattr(config, k, None), int)), None)
+    return (tokens, "the model's context") if tokens else None
 
 
 def make_engine(backend: str, **kwargs: Any):

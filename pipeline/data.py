@@ -266,10 +266,11 @@ def encode_prompt(tokenizer: Any, text: str, templated: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
 
-def load_prompts(cfg: Config, tokenizer: Any, model_path: str | None = None) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
+def load_prompts(cfg: Config, tokenizer: Any, context: tuple[int, str] | None = None) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
     """Train and test prompts per source, tokenized exactly as the policy will see them. Prompts longer than
     data.max_prompt_tokens are left out and counted; without that limit, those that leave the rollout engine
-    no room to generate (`_prompt_limit`), instead of the run stopping when one is drawn."""
+    no room to generate within its `context` (tokens, what sets it: actors.rollout.engine_context), instead of
+    the run stopping when one is drawn."""
     train_rows, test_rows = load_rows(cfg.data, cfg.run.seed)
     if not train_rows:
         raise DataError("no training rows: give data.sources, data.files or data.dataset")
@@ -283,7 +284,7 @@ def load_prompts(cfg: Config, tokenizer: Any, model_path: str | None = None) -> 
 
     train = {s: [encode(r) for r in rows] for s, rows in train_rows.items()}
     test = {s: [encode(r) for r in rows] for s, rows in test_rows.items() if rows}
-    limit, why = _prompt_limit(cfg, model_path)
+    limit, why = _prompt_limit(cfg, context)
     if limit is None:
         return train, test
     kept = [_within(prompts, limit, split, why) for prompts, split in ((train, "train"), (test, "test"))]
@@ -298,32 +299,15 @@ def load_prompts(cfg: Config, tokenizer: Any, model_path: str | None = None) -> 
     return kept[0], {s: prompts for s, prompts in kept[1].items() if prompts}
 
 
-def _prompt_limit(cfg: Config, model_path: str | None) -> tuple[int | None, str]:
-    """The longest prompt a run keeps, and why: data.max_prompt_tokens, else the context the rollout engine
-    generates within less one token (vLLM: rollout.max_model_len when set, else vLLM's own, which it derives
-    from rope scaling too and checks itself; hf: the model config's)."""
+def _prompt_limit(cfg: Config, context: tuple[int, str] | None) -> tuple[int | None, str]:
+    """The longest prompt a run keeps, and why: data.max_prompt_tokens, else the rollout engine's context
+    (tokens, what sets it) less one token to generate."""
     if cfg.data.max_prompt_tokens is not None:
         return cfg.data.max_prompt_tokens, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
-    from actors.rollout import resolve_backend
-
-    if resolve_backend(cfg.rollout.backend) == "vllm":
-        context, source = cfg.rollout.max_model_len, "rollout.max_model_len"
-    else:
-        context, source = (model_context(model_path) if model_path else None), "the model's context"
     if context is None:
         return None, ""
-    return context - 1, (f"{context - 1} tokens ({source}, {context}, less one token to generate; set "
-                         f"data.max_prompt_tokens to choose the limit)")
-
-
-def model_context(model_path: str) -> int | None:
-    """The model's context length from its config (None when the config names none)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path)
-    config = getattr(config, "get_text_config", lambda: config)()
-    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                 if isinstance(getattr(config, k, None), int)), None)
+    tokens, source = context
+    return tokens - 1, f"{tokens - 1} tokens ({source}, {tokens}, less one token to generate; set data.max_prompt_tokens to choose the limit)"
 
 
 def _within(prompts: dict[str, list[Prompt]], limit: int, split: str, why: str) -> dict[str, list[Prompt]]:

@@ -17,11 +17,12 @@ def dry_run(cfg: Config, shown: int = 3) -> str:
     from actors.cluster_fit import label
     from actors.placement import demands
     from actors.policy_model import DTYPES, load_tokenizer
+    from actors.rollout import engine_context
     from pipeline.train import resolve_inputs
 
     _, model_path, checkpoint = resolve_inputs(cfg)
     tokenizer = load_tokenizer(model_path)
-    train_prompts, test_prompts = load_prompts(cfg, tokenizer, model_path)
+    train_prompts, test_prompts = load_prompts(cfg, tokenizer, engine_context(cfg.rollout, model_path))
     lengths = [len(p.ids) for prompts in train_prompts.values() for p in prompts]
     lines = [f"model: {cfg.model.path or 'built-in tiny model'} -> {model_path}",
              f"resume: {checkpoint or 'no (a fresh run)'}",

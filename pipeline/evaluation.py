@@ -51,9 +51,10 @@ def evaluate_saved(cfg: Config, base_path: str, adapter_dir: Path | None) -> dic
 
     from actors.group import ActorGroup, init_ray
     from actors.policy_model import load_tokenizer
+    from actors.rollout import engine_context
 
     model_path = resolve_model(base_path, cfg.model.revision)
-    _, test = load_prompts(cfg, load_tokenizer(model_path), model_path)  # before Ray, like a run
+    _, test = load_prompts(cfg, load_tokenizer(model_path), engine_context(cfg.rollout, model_path))  # before Ray, like a run
     cfg.rollout.weight_sync = "adapter"  # a saved adapter is served as one, whatever the run synced
     init_ray(cfg)
     actors = ActorGroup(cfg, base_path, with_learner=False)

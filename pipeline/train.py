@@ -19,6 +19,7 @@ import yaml
 
 from actors.group import ActorGroup, LearnerDied, init_ray
 from actors.policy_model import layout_of, load_tokenizer
+from actors.rollout import engine_context
 from curricula import PromptSampler, make_sampler
 from pipeline.advantages import compute_advantages, curriculum_feed, learnable_indices, trained_indices
 from pipeline.batch_checks import SpecialTokens, check_completions, special_tokens
@@ -56,7 +57,7 @@ def train(cfg: Config) -> dict[str, Any]:
     _seed_everything(cfg.run.seed)
     model, model_path, checkpoint = resolve_inputs(cfg)
     tokenizer = load_tokenizer(model_path)
-    train_prompts, test_prompts = load_prompts(cfg, tokenizer, model_path)
+    train_prompts, test_prompts = load_prompts(cfg, tokenizer, engine_context(cfg.rollout, model_path))
     special = special_tokens(tokenizer, model_path)
     sampler = _sampler(cfg, train_prompts)
     init_ray(cfg)

@@ -205,6 +205,7 @@ def test_prompts_over_the_token_limit_are_left_out_and_counted(tmp_path, capsys)
 def test_without_a_limit_prompts_that_fill_the_engine_s_context_are_left_out_and_counted(tmp_path, capsys):
     from transformers import Qwen2Config
 
+    from actors.rollout import engine_context
     from pipeline.config import Config, RolloutConfig
     from pipeline.data import load_prompts
 
@@ -215,7 +216,8 @@ def test_without_a_limit_prompts_that_fill_the_engine_s_context_are_left_out_and
     data = dict(files=[_jsonl(tmp_path / "t.jsonl", rows)], chat_template="never", test_files=[_jsonl(tmp_path / "e.jsonl", tests)])
 
     def lengths(rollout: dict, **limit):
-        train, test = load_prompts(Config(data=DataConfig(**data, **limit), rollout=RolloutConfig(**rollout)), _PlainTokenizer(), model)
+        cfg = Config(data=DataConfig(**data, **limit), rollout=RolloutConfig(**rollout))
+        train, test = load_prompts(cfg, _PlainTokenizer(), engine_context(cfg.rollout, model))
         return {s: [len(p.ids) for p in ps] for s, ps in train.items()}, {s: [len(p.ids) for p in ps] for s, ps in test.items()}
 
     # hf generates within the model config's context (rollout.max_model_len is vLLM's and hf ignores it)
@@ -228,6 +230,7 @@ def test_without_a_limit_prompts_that_fill_the_engine_s_context_are_left_out_and
     assert "(rollout.max_model_len, 5, less one token" in capsys.readouterr().out
     assert lengths({"backend": "vllm"})[0] == {"a": [3, 9, 10, 12], "b": [4]}
     assert lengths({"backend": "hf"}, max_prompt_tokens=4)[0] == {"a": [3], "b": [4]}  # the configured limit wins
+    assert engine_context(RolloutConfig(backend="hf"), str(tmp_path / "no-model")) is None  # loading it will say why
     with pytest.raises(DataError, match="every test prompt is longer than 4 tokens"):
-        load_prompts(Config(data=DataConfig(**{**data, "test_files": [_jsonl(tmp_path / "f.jsonl", tests[1:])]}),
-                            rollout=RolloutConfig(backend="vllm", max_model_len=5)), _PlainTokenizer(), model)
+        load_prompts(Config(data=DataConfig(**{**data, "test_files": [_jsonl(tmp_path / "f.jsonl", tests[1:])]})),
+                     _PlainTokenizer(), (5, "rollout.max_model_len"))
