@@ -34,29 +34,34 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import parser, print_table, read_jsonl, timed, write_result  # noqa: E402
-from benchmarks.vs_trl import LINEAR, REGIMES, ensure_model, launch, summarize, write_data  # noqa: E402
+from benchmarks.vs_trl import REGIMES, ensure_model, launch, rlpost_config, summarize, write_data  # noqa: E402
 
 
-def _engine(model: str):
+def _setup(regime: str, model: str, seed: int = 0):
+    """vs_trl's config for this regime's rlpost arm (hf sync), 8 of its training prompts and its sampling: the
+    measured engine and learner are set up exactly as the benchmark runs them."""
+    from actors.policy_model import load_tokenizer
+    from pipeline.records import PromptSpec
+    from pipeline.train import _sampling
+
+    with tempfile.TemporaryDirectory(prefix="bare-step-") as tmp:
+        train_file, test_file = write_data(regime, Path(tmp))
+        cfg = rlpost_config({"regime": regime, "arm": "hf_sync", "seed": seed, "steps": 1, "model": model,
+                             "train": str(train_file), "test": str(test_file)}, Path(tmp) / "run")
+        rows = random.Random(seed).sample(read_jsonl(train_file), 8)
+    tokenizer = load_tokenizer(model)
+    specs = [PromptSpec(i, tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) for i, r in enumerate(rows)]
+    return cfg, specs, _sampling(cfg, seed)
+
+
+def _engine(model: str, cfg):
     from actors.hf_backend import HFEngine
     from actors.policy_model import adapter_parameters
-    from pipeline.config import LoraSection
 
-    engine = HFEngine(model, "float32", LoraSection(rank=8, alpha=16, dropout=0.0, target_modules=LINEAR), gpus=0)
+    engine = HFEngine(model, cfg.model.dtype, cfg.lora, gpus=0)
     adapter = {k: v.detach().numpy().copy() for k, v in adapter_parameters(engine.model).items()}
     engine.load_adapter(adapter, 1)  # as after a weight sync: the adapter folded into the weights
     return engine
-
-
-def _specs(regime: str, model: str, seed: int = 0):
-    from actors.policy_model import load_tokenizer
-    from pipeline.records import PromptSpec, SamplingSpec
-
-    with tempfile.TemporaryDirectory(prefix="bare-step-") as tmp:
-        rows = random.Random(seed).sample(read_jsonl(write_data(regime, Path(tmp))[0]), 8)
-    tokenizer = load_tokenizer(model)
-    specs = [PromptSpec(i, tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) for i, r in enumerate(rows)]
-    return specs, SamplingSpec(n=8, temperature=1.0, max_new_tokens=REGIMES[regime]["max_new_tokens"], seed=seed)
 
 
 def generate_times(regime: str, model: str, threads: int, part: slice, repeats: int, barrier=None) -> list[float]:
@@ -64,8 +69,8 @@ def generate_times(regime: str, model: str, threads: int, part: slice, repeats: 
     import torch
 
     torch.set_num_threads(threads)
-    engine = _engine(model)
-    specs, sampling = _specs(regime, model)
+    cfg, specs, sampling = _setup(regime, model)
+    engine = _engine(model, cfg)
     times = []
     for _ in range(repeats + 1):  # the first call warms up
         if barrier is not None:
@@ -79,18 +84,14 @@ def generate_times(regime: str, model: str, threads: int, part: slice, repeats: 
 def update_times(regime: str, model: str, threads: int, repeats: int) -> list[float]:
     """Seconds per learner update (at `threads`: the learner sets them) on a batch the policy generated."""
     from actors.learner import Learner
-    from pipeline.config import load_config
     from pipeline.records import TrainBatch
 
-    engine = _engine(model)
-    specs, sampling = _specs(regime, model)
+    cfg, specs, sampling = _setup(regime, model)
+    engine = _engine(model, cfg)
     completions = engine.generate(specs, sampling, 1)
     del engine
-    cfg = load_config(None, ["lora.rank=8", "lora.alpha=16", "lora.dropout=0.0", f"lora.target_modules=[{','.join(LINEAR)}]",
-                             "trainer.minibatch_size=64", "trainer.micro_batch_size=64", f"trainer.lr={REGIMES[regime]['lr']}",
-                             "algorithm.loss_agg_mode=token-mean"])
-    learner = Learner(model, "float32", cfg.lora, cfg.algorithm, cfg.trainer, temperature=1.0,
-                      max_new_tokens=sampling.max_new_tokens, seed=0, threads=threads)
+    learner = Learner(model, cfg.model.dtype, cfg.lora, cfg.algorithm, cfg.trainer, cfg.rollout.temperature,
+                      cfg.rollout.max_new_tokens, cfg.run.seed, threads=threads)
     advantages = [random.Random(i).uniform(-1, 1) for i in range(len(completions))]  # the cost does not depend on them
     batch = TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
                        [c.group_id for c in completions])
