@@ -7,6 +7,7 @@ import torch
 from tokenizers.decoders import DecodeStream
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from actors.kv_cache import reserved_kv_cache
 from actors.policy_model import (adapter_parameters, derive_seed, eos_token_ids, ignore_generation_defaults, load_policy,
                                  load_tokenizer, pad_sequences, pick_device, reshape_lora, token_logprobs, unpad)
 from pipeline.config import LoraSection
@@ -157,6 +158,8 @@ class HFEngine:
         # one stream per chunk, from the step seed and the chunk's groups: a chunk redone gives the same samples
         torch.manual_seed(derive_seed(sampling.seed, *(p.group_id for p in prompts)))
         greedy = sampling.temperature == 0
+        max_new_tokens = min(sampling.max_new_tokens, max(room))
+        cache = reserved_kv_cache(self.model, max_new_tokens)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=attention,
@@ -164,7 +167,8 @@ class HFEngine:
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
             top_k=None if greedy else sampling.top_k,
-            max_new_tokens=min(sampling.max_new_tokens, max(room)),
+            max_new_tokens=max_new_tokens,
+            **({"past_key_values": cache} if cache is not None else {}),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos),
             stopping_criteria=StoppingCriteriaList([NewTextStop(sampling.stop, self.eos, [p.prompt_ids for p in expanded],
