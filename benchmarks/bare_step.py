@@ -1,7 +1,10 @@
 """What rlpost's own engine and learner cost for one vs_trl step with no framework around them (no Ray).
 
-    python benchmarks/bare_step.py                 # both regimes, one run (~8 minutes on 2 cores)
+    python benchmarks/bare_step.py                 # both regimes, one run (~9 minutes on 2 cores)
     python benchmarks/bare_step.py --runs 3        # three runs, each with its own TRL measurement
+
+(One measurement starts a local Ray: on a machine with other interfaces, run it in a private network namespace
+as the README's tests do.)
 
 Issue #15 asks for step-time ratios against TRL. This separates what the framework adds (Ray calls, the
 verified sync, scheduling) from what the work itself costs with rlpost's implementation on this machine: a
@@ -9,7 +12,9 @@ target below these numbers cannot be met by framework work alone. They are floor
 (HF `generate` in float32, the eager learner), not of the hardware: a faster decoder or kernels would lower
 them. On the vs_trl models (cached by vs_trl.py), with a batch of 8 prompts x 8 samples the policy generated:
   * generate: rlpost's hf engine (the folded adapter) at 1 and at 2 torch threads in one process, and as two
-    processes of half the batch at one thread each, side by side (what two rollout workers do);
+    processes of half the batch at one thread each, side by side (what two rollout workers do); and at 2 threads
+    again beside a local Ray holding a run's actors, idle (what Ray's own processes cost the work: the
+    difference from the bare 2-thread time);
   * update: rlpost's learner, one optimizer step on that batch, at 1 and at 2 threads;
   * TRL: vs_trl.py's `trl_2t` arm for a few steps in the same run, so each ratio has its own baseline.
 Each is the median of --repeats timed calls after one warm-up, in a fresh process.
@@ -28,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +104,25 @@ def update_times(regime: str, model: str, threads: int, repeats: int) -> list[fl
     return timed(lambda: learner.update(batch), repeats)[0]
 
 
+@contextmanager
+def ray_idle(regime: str, model: str):
+    """A local Ray with a run's actors (learner, rollout and reward workers, weights synced once), idle: the
+    background processes every rlpost step runs beside, whose wake-ups a bare measurement does not pay."""
+    import ray
+
+    from actors.group import ActorGroup, init_ray
+
+    cfg, specs, _ = _setup(regime, model)
+    init_ray(cfg)
+    actors = ActorGroup(cfg, model)
+    try:
+        actors.sync(1, (specs[0].prompt_ids, specs[0].prompt_ids[:6]))
+        yield
+    finally:
+        actors.shutdown()
+        ray.shutdown()
+
+
 def _child(queue, fn, *args) -> None:
     queue.put(fn(*args))
 
@@ -138,6 +163,8 @@ def measure(regime: str, repeats: int, log_dir: Path) -> dict[str, Any]:
     whole, first, second = slice(None), slice(0, 4), slice(4, 8)
     out = {name: statistics.median(in_processes([(generate_times, regime, model, t, whole, repeats)])[0])
            for name, t in (("generate_1t", 1), ("generate_2t", 2))}
+    with ray_idle(regime, model):
+        out["generate_2t_ray_idle"] = statistics.median(in_processes([(generate_times, regime, model, 2, whole, repeats)])[0])
     barrier = mp.get_context("spawn").Barrier(2)
     halves = in_processes([(generate_times, regime, model, 1, part, repeats, barrier) for part in (first, second)])
     out["generate_2x1t"] = statistics.median(max(pair) for pair in zip(*halves))
@@ -166,12 +193,13 @@ def main() -> None:
         for regime in args.regimes.split(","):
             runs = [measure(regime, args.repeats, Path(log_dir)) for _ in range(args.runs)]
             result["regimes"][regime] = {"runs": runs, "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
-            rows += [(regime, i, r["generate_1t"], r["generate_2t"], r["generate_2x1t"], r["update_1t"], r["update_2t"],
+            rows += [(regime, i, r["generate_1t"], r["generate_2t"], r["generate_2t_ray_idle"], r["generate_2x1t"],
+                      r["update_1t"], r["update_2t"],
                       r["trl_step_s"], r["bare_sync_x_trl"], r["bare_async_x_trl"], r["bare_per_core_x_trl"])
                      for i, r in enumerate(runs)]
-    print_table(["regime", "run", "gen 1t", "gen 2t", "gen 2x1t", "update 1t", "update 2t", "TRL s/step",
-                 "bare sync x TRL", "bare async x TRL", "per core x TRL"], rows,
-                ["", "", ".3f", ".3f", ".3f", ".3f", ".3f", ".3f", ".2f", ".2f", ".2f"])
+    print_table(["regime", "run", "gen 1t", "gen 2t", "gen 2t, Ray idle", "gen 2x1t", "update 1t", "update 2t",
+                 "TRL s/step", "bare sync x TRL", "bare async x TRL", "per core x TRL"], rows,
+                ["", "", ".3f", ".3f", ".3f", ".3f", ".3f", ".3f", ".3f", ".2f", ".2f", ".2f"])
     write_result(args.out, result)
 
 
