@@ -29,13 +29,30 @@ def test_decode_steps_write_in_place_and_hold_what_concatenation_holds():
         assert _update(layer, keys, _states(1, seed=step + 1)).untyped_storage().data_ptr() == cache.untyped_storage().data_ptr()
     assert layer.get_seq_length() == 8
     _update(layer, keys, _states(1, seed=9))  # past the reserve: a larger buffer, the same contents
-    layer.batch_select_indices(torch.tensor([2, 0]))  # HF replaces the tensors (beam search, say): the buffer follows
+    layer.batch_select_indices(torch.tensor([2, 0, 1]))  # HF replaces the tensors (beam search): the buffer follows
+    keys = [k[[2, 0, 1]] for k in keys]
+    _update(layer, keys, _states(1, seed=10))
+    layer.batch_select_indices(torch.tensor([2, 0]))  # and a smaller batch
     keys = [k[[2, 0]] for k in keys]
-    _update(layer, keys, _states(1, batch=2, seed=10))
+    _update(layer, keys, _states(1, batch=2, seed=11))
     layer.crop(-3)  # assisted decoding drops rejected tokens: the next write lands after what is kept
     keys = [torch.cat(keys, -2)[..., :-3, :]]
-    _update(layer, keys, _states(2, batch=2, seed=11))
-    assert layer.get_seq_length() == 9
+    _update(layer, keys, _states(2, batch=2, seed=12))
+    assert layer.get_seq_length() == 10
+    layer.reset()
+    keys = []
+    _update(layer, keys, _states(4, seed=13))
+
+
+def test_the_buffer_grows_with_the_completions_not_with_the_reserve():
+    """A large max_new_tokens with completions that end early must not cost its whole room up front."""
+    layer, keys = ReservedLayer(reserve=2000), []
+    _update(layer, keys, _states(5))
+    for step in range(100):
+        _update(layer, keys, _states(1, seed=step + 1))
+        length = layer.get_seq_length()
+        assert layer.buffers[0].shape[-2] <= max(2 * length, length + 64)
+    assert layer.buffers[0].shape[-2] < 300
 
 
 def _qwen2(**overrides):
@@ -51,9 +68,28 @@ def test_a_model_with_other_cache_layers_keeps_hfs_own_cache():
     assert reserved_kv_cache(_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1), reserve=4) is None
 
 
-@pytest.mark.parametrize("variant", ["qwen", "llama"])
-def test_generation_is_exactly_what_hfs_dynamic_cache_gives(real_model, monkeypatch, variant):
-    engine = hf_backend.HFEngine(real_model(variant), "float32", None, gpus=0)
+def test_beam_search_and_half_precision_match_hfs_cache():
+    """generate's other paths: beams reorder the cache every step (the buffer must follow), bfloat16 buffers."""
+    torch.manual_seed(0)
+    model = _qwen2().eval()
+    prompt = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    attention = (prompt != 0).long()
+    runs = [dict(num_beams=3, do_sample=False), dict(num_beams=3, do_sample=True, num_return_sequences=2),
+            dict(do_sample=True, dtype=torch.bfloat16)]
+    for run in runs:
+        dtype = run.pop("dtype", torch.float32)
+        model = model.to(dtype)
+        outputs = []
+        for cache in (reserved_kv_cache(model, 12), None):
+            torch.manual_seed(1)
+            outputs.append(model.generate(input_ids=prompt, attention_mask=attention, max_new_tokens=12, min_new_tokens=12,
+                                          pad_token_id=0, past_key_values=cache, **run))
+        assert torch.equal(*outputs), run
+
+
+@pytest.mark.parametrize("variant, dtype", [("qwen", "float32"), ("llama", "float32"), ("qwen", "bfloat16")])
+def test_generation_is_exactly_what_hfs_dynamic_cache_gives(real_model, monkeypatch, variant, dtype):
+    engine = hf_backend.HFEngine(real_model(variant), dtype, None, gpus=0)
     prompts = encode_prompts(engine.tokenizer, [p for p, _ in task_examples(2)])  # of different lengths: left padding
     filler = engine.tokenizer(" ".join(p for p, _ in task_examples(2)), add_special_tokens=False)["input_ids"]
     near_end = prompts[0][:1] + filler[: CONTEXT_LEN - 2 - len(prompts[0])] + prompts[0][1:]  # cut by the context
