@@ -142,8 +142,9 @@ def build_learner(spec: dict):
                                   temperature=1.0, max_new_tokens=spec["length"], seed=0, threads=spec["threads"])
 
 
-def full_logits_token_logprobs(model, ids, attention, temperature, with_entropy=False, positions=None):
-    """The previous token_logprobs (for comparison only): every position, float32, full-vocabulary log_softmax."""
+def full_logits_token_logprobs(model, ids, attention, temperature, with_entropy=False, positions=None, prompts=None):
+    """The previous token_logprobs (for comparison only): every position of every whole row (no shared prompt
+    forward), float32, full-vocabulary log_softmax."""
     import torch
 
     logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
