@@ -159,7 +159,6 @@ class HFEngine:
         torch.manual_seed(derive_seed(sampling.seed, *(p.group_id for p in prompts)))
         greedy = sampling.temperature == 0
         max_new_tokens = min(sampling.max_new_tokens, max(room))
-        cache = reserved_kv_cache(self.model, max_new_tokens)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=attention,
@@ -168,7 +167,7 @@ class HFEngine:
             top_p=None if greedy else sampling.top_p,
             top_k=None if greedy else sampling.top_k,
             max_new_tokens=max_new_tokens,
-            **({"past_key_values": cache} if cache is not None else {}),
+            past_key_values=reserved_kv_cache(self.model, max_new_tokens),  # None: HF builds its DynamicCache
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos),
             stopping_criteria=StoppingCriteriaList([NewTextStop(sampling.stop, self.eos, [p.prompt_ids for p in expanded],

@@ -24,13 +24,12 @@ class ReservedLayer(DynamicLayer):
     def __init__(self, reserve: int):
         super().__init__()
         self.reserve = reserve
-        self.most: int | None = None  # the longest this layer can get: set by the first update (the prefill)
+        self.most = 0  # the longest this layer can get: set by the first update (the prefill)
         self.buffers: list[torch.Tensor | None] = [None, None]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self.most is None:
             self.most = key_states.shape[-2] + self.reserve
         self.keys = self._append(0, self.keys, key_states)
         self.values = self._append(1, self.values, value_states)
@@ -38,7 +37,7 @@ class ReservedLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.most, self.buffers = None, [None, None]
+        self.buffers = [None, None]
 
     def _append(self, which: int, held: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         length = held.shape[-2] if held.numel() else 0
