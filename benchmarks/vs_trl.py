@@ -60,12 +60,16 @@ ARMS = {  # rlpost arm -> config overrides
     "vllm_sync": ["rollout.backend=vllm", "rollout.async=false"],
     "vllm_async": ["rollout.backend=vllm", "rollout.async=true"],
     "hf_async": ["rollout.backend=hf", "rollout.async=true"],
+    # the whole batch in one forward/backward, as TRL's `trl_2t` does, instead of the default token budget
+    "hf_sync_whole": ["rollout.backend=hf", "rollout.async=false", "trainer.max_tokens_per_micro_batch=null"],
     "hf_sync_own": ["rollout.backend=hf", "rollout.async=false", "placement.cpu_threads=own"],  # one thread per actor
     # two rollout workers on half a CPU each: while the learner waits, each generates half the batch on one core
     "hf_sync_2w": ["rollout.backend=hf", "rollout.async=false", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5"],
     "hf_async_2w": ["rollout.backend=hf", "rollout.async=true", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5"],
 }
-TRL_ARMS = {"trl": 1, "trl_2t": 2}  # TRL arm -> torch threads; the faster one is the baseline
+# TRL arm -> (torch threads, samples per forward/backward); the fastest arm is the baseline. The half-batch arm
+# accumulates gradients over two halves of the 64 it generates at once (steps_per_generation=2): one optimizer step
+TRL_ARMS = {"trl": (1, 64), "trl_2t": (2, 64), "trl_2t_mb32": (2, 32)}
 PHASES = ("generate", "score", "train", "sync")
 MODEL_VERSION = 1
 
@@ -203,7 +207,8 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int, bat
 def run_trl(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(TRL_ARMS[job["arm"]])
+    threads, micro = TRL_ARMS[job["arm"]]
+    torch.set_num_threads(threads)
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -214,8 +219,8 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32)
     train_rows = read_jsonl(job["train"])
     args = GRPOConfig(
-        output_dir=job["out_dir"], per_device_train_batch_size=64, num_generations=8, steps_per_generation=1,
-        gradient_accumulation_steps=1, num_iterations=1, max_completion_length=spec["max_new_tokens"],
+        output_dir=job["out_dir"], per_device_train_batch_size=micro, num_generations=8, steps_per_generation=64 // micro,
+        gradient_accumulation_steps=64 // micro, num_iterations=1, max_completion_length=spec["max_new_tokens"],
         learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         max_steps=job["steps"], temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2, loss_type="dapo",
         scale_rewards="group", bf16=False, fp16=False, use_cpu=True, use_vllm=False, logging_steps=1, report_to=[],
