@@ -169,12 +169,11 @@ class Learner:
 
     def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor,
                        prompts: PromptRows | None = None) -> list[tuple[torch.Tensor, int]]:
-        """`rows` in micro-batches, each with its own padded width (its longest row; rows are right-padded).
-
-        trainer.max_tokens_per_micro_batch: rows sorted longest first, packed while rows x width stays
-        within the budget (a longer row goes alone); otherwise micro_batch_size rows in the given order.
-        With shared prompt forwards a prompt's rows are kept together (the order of rows within a
-        mini-batch does not change its gradient)."""
+        """`rows` in micro-batches, each with its own padded width (its longest row; rows are right-padded),
+        of at most trainer.micro_batch_size rows and, with trainer.max_tokens_per_micro_batch, at most that many
+        rows x width tokens (rows then sorted longest first; a row over the budget goes alone). With shared
+        prompt forwards a prompt's rows are kept together (the order of rows within a mini-batch does not
+        change its gradient)."""
         budget = self.trainer.max_tokens_per_micro_batch
         if len(rows) == 0:  # a data-parallel rank none of whose groups is in this mini-batch
             return []
@@ -184,17 +183,15 @@ class Learner:
             first: dict[int, int] = {}
             rank = torch.tensor([first.setdefault(k, len(first)) for k in prompts.keys[rows.cpu()].tolist()])
             rows = rows[torch.argsort(rank, stable=True).to(rows.device)]
-        if budget is None:
-            micros = list(rows.split(self.trainer.micro_batch_size))
-        else:
-            micros, current, width = [], [], 0
-            for row, length in zip(rows, lengths[rows].tolist()):
-                if current and (len(current) + 1) * max(width, length) > budget:
-                    micros.append(torch.stack(current))
-                    current, width = [], 0
-                current.append(row)
-                width = max(width, length)
-            micros.append(torch.stack(current))
+        micros, current, width = [], [], 0
+        for row, length in zip(rows, lengths[rows].tolist()):
+            full = len(current) == self.trainer.micro_batch_size
+            if current and (full or budget is not None and (len(current) + 1) * max(width, length) > budget):
+                micros.append(torch.stack(current))
+                current, width = [], 0
+            current.append(row)
+            width = max(width, length)
+        micros.append(torch.stack(current))
         return [(micro, int(lengths[micro].max())) for micro in micros]
 
     @torch.no_grad()

@@ -13,14 +13,17 @@ Both sides get the same things:
     regime (built-in tasks sort_4 / reverse_8 / count_8 / add_2d, up to 9 new tokens) and ~6.3M for the
     long-answer regime (a task defined here, `lng`: 74-character answers, up to 75 new tokens);
   * data: the same train/test JSONL rows; 8 prompts x 8 completions per step, one optimizer step on all 64;
+  * micro-batches (gradient accumulation inside that one step): `trl` and `trl_2t` run the 64 in one forward
+    and backward, `trl_2t_mb32` in two halves; rlpost by its CPU config's token budget (4,096 tokens: one pass
+    with short answers, two with long ones), `hf_sync_whole` in one pass;
   * LoRA r=8, alpha=16, no dropout, on all seven linear projections; AdamW, the same constant learning rate,
     no weight decay, gradient clip 1.0; sampling at temperature 1.0, no top-p / top-k;
   * loss: TRL's default `loss_type="dapo"` (token-mean over the whole batch) = rlpost's grpo `token-mean` with one
     mini-batch; clip 0.2, no KL (TRL's default beta=0); group-normalised advantages (TRL divides by std + 1e-4,
     rlpost by std + 1e-6, both unbiased std);
   * threads: TRL in one process, no vLLM, bf16 off, gradient checkpointing off (its GRPO default is on, which
-    costs a recomputed forward per step), run twice: 1 torch thread (arm `trl`) and 2 (`trl_2t`); ratios are
-    against the faster of the two. rlpost with one CPU per actor (one rollout worker, one learner, a reward
+    costs a recomputed forward per step), at 1 torch thread (arm `trl`) and 2 (`trl_2t`, `trl_2t_mb32`); ratios
+    are against the fastest TRL arm run. rlpost with one CPU per actor (one rollout worker, one learner, a reward
     worker with a quarter CPU); in the sync arms the side at work uses both CPUs (placement.cpu_threads=turns,
     the default), `hf_sync_own` keeps one thread per actor, and the `_2w` arms run two rollout workers on half a
     CPU each (in `hf_async_2w` three busy threads share the two cores while the learner trains).
@@ -31,8 +34,8 @@ other), start-up, and held-out greedy accuracy of the trained policy (the same e
 the mean training reward of the greedy answers (in the long regime exact match of 74 characters stays near 0 at this
 scale, so the partial-credit reward is where learning shows). "Not worse" = rlpost's mean over seeds is at least
 TRL's mean less the larger of its spread over seeds and one standard error over the test set, on both.
-rlpost arms: hf_sync (the default shape), vllm_sync, vllm_async, hf_async, hf_sync_own, hf_sync_2w, hf_async_2w. Prints a ratio table
-(rlpost s/step over the faster TRL arm's) and writes benchmarks/results/vs_trl.json (vs_trl_quick.json with
+rlpost arms: hf_sync (the default shape), vllm_sync, vllm_async, hf_async, hf_sync_whole, hf_sync_own, hf_sync_2w,
+hf_async_2w. Prints a ratio table (rlpost s/step over the fastest TRL arm's) and writes benchmarks/results/vs_trl.json (vs_trl_quick.json with
 --quick) and a PNG beside it.
 """
 from __future__ import annotations
@@ -500,8 +503,9 @@ def main() -> None:
     cli.add_argument("--worker", help=argparse_hidden())
     cli.add_argument("--quick", action="store_true", help="1 seed, a few steps per regime (the pipeline check)")
     cli.add_argument("--regimes", default="short,long")
-    cli.add_argument("--arms", default=",".join([*TRL_ARMS, *ARMS]), help="TRL arms (trl: 1 thread, trl_2t: 2) and "
-                     "rlpost arms to run; ratios are against the faster TRL arm")
+    cli.add_argument("--arms", default=",".join([*TRL_ARMS, *ARMS]), help="TRL arms (trl: 1 thread, trl_2t: 2, trl_2t_mb32: 2 "
+                     "in two micro-batches) and "
+                     "rlpost arms to run; ratios are against the fastest TRL arm")
     cli.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; 1 with --quick)")
     cli.add_argument("--steps-short", type=int, default=None)
     cli.add_argument("--steps-long", type=int, default=None)
@@ -630,7 +634,7 @@ def _report(result: dict[str, Any]) -> None:
     print_table(["regime", "arm", "s/step", "x TRL", "gen share", "other", "sync", "accuracy", "sd", "greedy reward"], rows,
                 ["", "", ".3f", ".2f", ".0%", ".1%", ".1%", ".3f", ".3f", ".3f"])
     for regime, r in result["regimes"].items():
-        print(f"{regime}: ratios against {r['baseline']} (the faster TRL arm); base accuracy {r['base_accuracy']['accuracy']:.3f}; {r['parameters']:,} parameters; "
+        print(f"{regime}: ratios against {r['baseline']} (the fastest TRL arm); base accuracy {r['base_accuracy']['accuracy']:.3f}; {r['parameters']:,} parameters; "
               f"{r['max_new_tokens']} new tokens at most")
     for regime, checks in result.get("targets", {}).items():
         for name, c in checks.items():

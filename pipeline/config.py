@@ -285,10 +285,10 @@ class TrainerConfig(Section):
     steps: int = Field(60, ge=0)
     prompts_per_step: int = Field(16, gt=0, description="prompts per step (B); samples = B * rollout.n")
     minibatch_size: int = Field(64, gt=0, description="samples per optimizer step")
-    micro_batch_size: int = Field(64, gt=0, description="samples per forward/backward (gradient accumulation)")
-    max_tokens_per_micro_batch: int | None = Field(None, gt=0, description="form micro-batches by a token budget instead "
-                                                   "of micro_batch_size: samples sorted by length, packed while samples x "
-                                                   "longest prompt+completion stays within it (a longer sample goes alone), "
+    micro_batch_size: int = Field(64, gt=0, description="samples per forward/backward at most (gradient accumulation)")
+    max_tokens_per_micro_batch: int | None = Field(None, gt=0, description="cap micro-batches by tokens too: samples sorted "
+                                                   "by length, packed while samples x longest prompt+completion stays within "
+                                                   "it and the count within micro_batch_size (a longer sample goes alone), "
                                                    "each padded only to its own longest; gradients are unchanged")
     share_prompt_forward: bool = Field(True, description="run each distinct prompt of a micro-batch once and its samples' "
                                        "completions on its cached keys/values (GRPO's n samples share a prompt): the same "

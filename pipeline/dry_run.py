@@ -36,7 +36,9 @@ def dry_run(cfg: Config, shown: int = 3) -> str:
     lines += [f"placement ({cfg.placement.mode}; what each actor asks of the cluster):",
               *(f"  {label(r)}" for r in demands(cfg, cfg.trainer.num_learners)), ""]
     longest = max(lengths) + cfg.rollout.max_new_tokens
-    tokens = cfg.trainer.max_tokens_per_micro_batch or cfg.trainer.micro_batch_size * longest
+    tokens = cfg.trainer.micro_batch_size * longest
+    if cfg.trainer.max_tokens_per_micro_batch:  # a sample longer than the budget goes alone
+        tokens = min(tokens, max(cfg.trainer.max_tokens_per_micro_batch, longest))
     shards = cfg.trainer.num_learners if cfg.trainer.fsdp else 1
     memory = estimate_learner_memory(model_path, DTYPES[cfg.model.dtype].itemsize, cfg.lora.rank, cfg.lora.target_modules,
                                      tokens, cfg.trainer.gradient_checkpointing, shards)

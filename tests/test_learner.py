@@ -193,6 +193,15 @@ def test_token_budget_packs_sorted_samples_each_padded_to_its_own_longest(tiny_m
     assert [micro.tolist() for micro, _ in micros][:2] == [[3], [1]]  # the longest first, over-budget rows alone
 
 
+def test_micro_batch_size_still_caps_the_rows_of_a_token_budget_micro_batch(tiny_model_path):
+    """A CPU config's budget must not silently void a user's micro_batch_size (or data-parallel tests' small one)."""
+    learner = _learner(tiny_model_path, micro_batch_size=3, max_tokens_per_micro_batch=100)
+    lengths = torch.tensor([5, 30, 12, 41, 12, 7, 20, 3, 4, 2])
+    micros = learner._micro_batches(torch.arange(10), lengths)
+    assert sorted(i for micro, _ in micros for i in micro.tolist()) == list(range(10))
+    assert [lengths[micro].tolist() for micro, _ in micros] == [[41, 30], [20, 12, 12], [7, 5, 4], [3, 2]]
+
+
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_a_token_budget_gives_the_same_gradients_as_sample_micro_batches(tiny_model_path, mode):
     whole = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
