@@ -171,9 +171,9 @@ class Learner:
                        prompts: PromptRows | None = None) -> list[tuple[torch.Tensor, int]]:
         """`rows` in micro-batches, each with its own padded width (its longest row; rows are right-padded),
         of at most trainer.micro_batch_size rows and, with trainer.max_tokens_per_micro_batch, at most that many
-        rows x width tokens (rows then sorted longest first; a row over the budget goes alone). With shared
-        prompt forwards a prompt's rows are kept together (the order of rows within a mini-batch does not
-        change its gradient)."""
+        rows x width tokens (rows then taken longest first; a row over the budget goes alone). With shared
+        prompt forwards a prompt's rows are kept together, prompts in the order of their first row (the order
+        of rows within a mini-batch does not change its gradient)."""
         budget = self.trainer.max_tokens_per_micro_batch
         if len(rows) == 0:  # a data-parallel rank none of whose groups is in this mini-batch
             return []

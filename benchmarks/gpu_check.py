@@ -49,7 +49,8 @@ def main() -> None:
                              max_positions=512, sft_steps=0, cache_dir=tempfile.mkdtemp())
     path = str(ensure_tiny_model(recipe))
     cfg = load_config("configs/debug_cpu.yaml", ["trainer.gpus_per_learner=1", "placement.mode=split", "trainer.minibatch_size=512",
-                                                  "trainer.micro_batch_size=128", "trainer.lr=1e-4"])
+                                                  "trainer.micro_batch_size=128", "trainer.lr=1e-4",
+                                                  "trainer.max_tokens_per_micro_batch=null"])  # as recorded: 128-sample micro-batches
     lora = cfg.lora
     engine = HFEngine(path, args.dtype, lora, gpus=1)
     learner = Learner(path, args.dtype, lora, cfg.algorithm, cfg.trainer,

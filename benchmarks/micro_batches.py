@@ -1,14 +1,16 @@
 """How the learner's micro-batch size moves its update time on a CPU, paired (no Ray).
 
-    python benchmarks/micro_batches.py                          # long answers, 1 and 2 threads (~8 minutes on 2 cores)
+    python benchmarks/micro_batches.py                          # long answers, 1 and 2 threads (~11 minutes on 2 cores)
     python benchmarks/micro_batches.py --regime short --rounds 12
 
-Why `configs/debug_cpu.yaml` caps micro-batches at 4,096 tokens: one forward and backward over a whole batch
-is not the fastest way through it on a CPU, where a smaller micro-batch's activations stay in cache. On a
+Why `configs/debug_cpu.yaml` caps micro-batches at 4,096 tokens: on this CPU one forward and backward over a
+whole batch is not the fastest way through it (why is not measured here; smaller activations that stay in
+cache are the likely reason). A budget that holds the whole batch (8,192 tokens with long answers) does
+exactly the baseline's work: its ratio shows the noise. On a
 vs_trl model (cached by vs_trl.py) and a batch of 8 prompts x 8 samples the policy generated, rlpost's learner
 makes one optimizer step per call under each setting: the whole batch in one pass (no budget, 64 samples),
-token budgets, and sample counts. The settings take turns within each round, so drift on a noisy machine hits
-them alike; each setting's time is reported as the median over rounds of its ratio to the whole-batch pass in
+token budgets, and sample counts. The settings take turns within each round (always in this order), so drift on a
+noisy machine hits them alike; each setting's time is reported as the median over rounds of its ratio to the whole-batch pass in
 the same round, with how many rounds it was faster. Each thread count runs in a fresh process. Gradients
 are the same in every setting (tests/test_learner.py). Writes benchmarks/results/micro_batches.json.
 """

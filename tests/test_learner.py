@@ -219,6 +219,19 @@ def test_a_token_budget_gives_the_same_gradients_as_sample_micro_batches(tiny_mo
         assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7)
 
 
+def test_a_row_cap_inside_a_token_budget_gives_the_same_gradients_with_shared_prompts(tiny_model_path):
+    whole = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=12)
+    capped = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5, max_tokens_per_micro_batch=1000)
+    batch = _batch()  # three prompts, four samples of each
+    lengths = torch.tensor([len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)])
+    micros = capped._micro_batches(torch.arange(12), lengths, capped._prompt_rows(batch.prompt_ids))
+    assert [len(micro) for micro, _ in micros] == [5, 5, 2]  # the row cap binds, splitting a prompt's samples
+    metrics = [learner.update(batch) for learner in (whole, capped)]
+    assert _same_gradients(_first_moments(whole), _first_moments(capped))
+    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_path):
     plain = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5)
     checkpointed = _learner(tiny_model_path, minibatch_size=12, micro_batch_size=5, gradient_checkpointing="true")
