@@ -87,20 +87,24 @@ def generate_times(regime: str, model: str, threads: int, part: slice, repeats: 
     return times[1:]
 
 
-def update_times(regime: str, model: str, threads: int, repeats: int) -> list[float]:
-    """Seconds per learner update (at `threads`: the learner sets them) on a batch the policy generated."""
-    from actors.learner import Learner
+def policy_batch(regime: str, model: str):
+    """vs_trl's config for this regime and a training batch of 8 prompts x 8 samples the policy generated."""
     from pipeline.records import TrainBatch
 
     cfg, specs, sampling = _setup(regime, model)
-    engine = _engine(model, cfg)
-    completions = engine.generate(specs, sampling, 1)
-    del engine
+    completions = _engine(model, cfg).generate(specs, sampling, 1)
+    advantages = [random.Random(i).uniform(-1, 1) for i in range(len(completions))]  # the cost does not depend on them
+    return cfg, TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
+                           [c.group_id for c in completions])
+
+
+def update_times(regime: str, model: str, threads: int, repeats: int) -> list[float]:
+    """Seconds per learner update (at `threads`: the learner sets them) on a batch the policy generated."""
+    from actors.learner import Learner
+
+    cfg, batch = policy_batch(regime, model)
     learner = Learner(model, cfg.model.dtype, cfg.lora, cfg.algorithm, cfg.trainer, cfg.rollout.temperature,
                       cfg.rollout.max_new_tokens, cfg.run.seed, threads=threads)
-    advantages = [random.Random(i).uniform(-1, 1) for i in range(len(completions))]  # the cost does not depend on them
-    batch = TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions], advantages,
-                       [c.group_id for c in completions])
     return timed(lambda: learner.update(batch), repeats)[0]
 
 

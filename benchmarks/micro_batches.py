@@ -5,18 +5,17 @@
 
 Why `configs/debug_cpu.yaml` caps micro-batches at 4,096 tokens: on this CPU one forward and backward over a
 whole batch is not the fastest way through it (why is not measured here; smaller activations that stay in
-cache are the likely reason). A budget that holds the whole batch (8,192 tokens with long answers) does
-exactly the baseline's work: its ratio shows the noise. On a
-vs_trl model (cached by vs_trl.py) and a batch of 8 prompts x 8 samples the policy generated, rlpost's learner
-makes one optimizer step per call under each setting: the whole batch in one pass (no budget, 64 samples),
-token budgets, and sample counts. The settings take turns within each round (always in this order), so drift on a
-noisy machine hits them alike; each setting's time is reported as the median over rounds of its ratio to the whole-batch pass in
-the same round, with how many rounds it was faster. Each thread count runs in a fresh process. Gradients
+cache are the likely reason). On a vs_trl model (cached by vs_trl.py) and a batch of 8 prompts x 8 samples the
+policy generated, rlpost's learner makes one optimizer step per call under each setting: the whole batch in one
+pass (no budget, 64 samples), token budgets, and sample counts. A budget that holds the whole batch (8,192
+tokens with long answers) does exactly the baseline's work: its ratio shows the noise. The settings take turns
+within each round (always in this order), so drift on a noisy machine hits them alike; each setting's time is
+reported as the median over rounds of its ratio to the whole-batch pass in the same round, with how many
+rounds it was faster. Each thread count runs in a fresh process. Gradients
 are the same in every setting (tests/test_learner.py). Writes benchmarks/results/micro_batches.json.
 """
 from __future__ import annotations
 
-import random
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bare_step import _engine, _setup, in_processes  # noqa: E402
+from benchmarks.bare_step import in_processes, policy_batch  # noqa: E402
 from benchmarks.common import parser, print_table, write_result  # noqa: E402
 from benchmarks.vs_trl import ensure_model  # noqa: E402
 
@@ -40,17 +39,10 @@ SETTINGS = {  # name -> trainer overrides (the first is the baseline)
 
 
 def paired_times(regime: str, model: str, threads: int, rounds: int) -> dict[str, Any]:
-    """Per setting: seconds per update in each round (after one warm-up update each), and its micro-batches."""
+    """Per setting: seconds per update in each round (after one warm-up update each), and the batch's size."""
     from actors.learner import Learner
-    from pipeline.records import TrainBatch
 
-    cfg, specs, sampling = _setup(regime, model)
-    engine = _engine(model, cfg)
-    completions = engine.generate(specs, sampling, 1)
-    del engine
-    batch = TrainBatch([c.prompt_ids for c in completions], [c.token_ids for c in completions],
-                       [random.Random(i).uniform(-1, 1) for i in range(len(completions))],  # the cost does not depend on them
-                       [c.group_id for c in completions])
+    cfg, batch = policy_batch(regime, model)
     learners = {name: Learner(model, cfg.model.dtype, cfg.lora, cfg.algorithm, cfg.trainer.model_copy(update=update),
                               cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.run.seed, threads=threads)
                 for name, update in SETTINGS.items()}
@@ -60,7 +52,7 @@ def paired_times(regime: str, model: str, threads: int, rounds: int) -> dict[str
             start = time.perf_counter()
             learner.update(batch)
             times[name].append(time.perf_counter() - start)
-    lengths = [len(c.prompt_ids) + len(c.token_ids) for c in completions]
+    lengths = [len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]
     return {"tokens": sum(lengths), "longest": max(lengths), "times": {name: t[1:] for name, t in times.items()}}
 
 

@@ -193,6 +193,14 @@ def test_token_budget_packs_sorted_samples_each_padded_to_its_own_longest(tiny_m
     assert [micro.tolist() for micro, _ in micros][:2] == [[3], [1]]  # the longest first, over-budget rows alone
 
 
+def _assert_same_updates(a, b, batch):
+    """One update of each on `batch`: the same gradients and metrics, up to float summation order."""
+    metrics = [learner.update(batch) for learner in (a, b)]
+    assert _same_gradients(_first_moments(a), _first_moments(b))
+    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7)
+
+
 def test_micro_batch_size_still_caps_the_rows_of_a_token_budget_micro_batch(tiny_model_path):
     """A CPU config's budget must not silently void a user's micro_batch_size (or data-parallel tests' small one)."""
     learner = _learner(tiny_model_path, micro_batch_size=3, max_tokens_per_micro_batch=100)
@@ -210,13 +218,9 @@ def test_a_token_budget_gives_the_same_gradients_as_sample_micro_batches(tiny_mo
     lengths = torch.tensor([len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)])
     micros = budget._micro_batches(torch.arange(12), lengths)
     assert len(micros) >= 4 and len({width for _, width in micros}) >= 3  # really several differently padded micro-batches
-    metrics = []
     for learner in (whole, budget):
         learner.algo.loss_agg_mode = mode
-        metrics.append(learner.update(batch))
-    assert _same_gradients(_first_moments(whole), _first_moments(budget))
-    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
-        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7)
+    _assert_same_updates(whole, budget, batch)
 
 
 def test_a_row_cap_inside_a_token_budget_gives_the_same_gradients_with_shared_prompts(tiny_model_path):
@@ -226,10 +230,7 @@ def test_a_row_cap_inside_a_token_budget_gives_the_same_gradients_with_shared_pr
     lengths = torch.tensor([len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)])
     micros = capped._micro_batches(torch.arange(12), lengths, capped._prompt_rows(batch.prompt_ids))
     assert [len(micro) for micro, _ in micros] == [5, 5, 2]  # the row cap binds, splitting a prompt's samples
-    metrics = [learner.update(batch) for learner in (whole, capped)]
-    assert _same_gradients(_first_moments(whole), _first_moments(capped))
-    for key in ("loss", "pg_loss", "entropy", "grad_norm"):
-        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7)
+    _assert_same_updates(whole, capped, batch)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_path):
